@@ -1,0 +1,5 @@
+"""cgc: a graph compiler toolkit for GPT models."""
+
+from cgc.errors import CgcError
+
+__all__ = ["CgcError"]

@@ -1,0 +1,253 @@
+"""The graph IR: SSA values with static tensor types, nodes in topological order, parameters.
+
+Parameters (weights, buffers, folded constants) are values without a producer; their data lives
+in `Graph.weights` and may be absent or on the meta device, so a 13B model can be compiled
+without allocating its weights.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from cgc.errors import IRError
+from cgc.ir.types import TensorType
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9_.]+$")
+
+
+class Value:
+    """An SSA value: a graph input, a parameter, or a node output."""
+
+    __slots__ = ("name", "type", "producer", "users")
+
+    def __init__(self, name: str, type: TensorType, producer: Node | None = None) -> None:
+        self.name = name
+        self.type = type
+        self.producer = producer
+        self.users: list[Node] = []
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type}"
+
+
+class Node:
+    """One operation: `outputs = op(inputs) {attrs}`, with meta such as scope and source line."""
+
+    __slots__ = ("op", "inputs", "outputs", "attrs", "meta")
+
+    def __init__(
+        self,
+        op: str,
+        inputs: Sequence[Value],
+        attrs: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.op = op
+        self.inputs: list[Value] = list(inputs)
+        self.outputs: list[Value] = []
+        self.attrs: dict[str, Any] = dict(attrs or {})
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    @property
+    def output(self) -> Value:
+        """The single output of a one-output node."""
+        if len(self.outputs) != 1:
+            raise IRError(f"{self.op} has {len(self.outputs)} outputs, not one")
+        return self.outputs[0]
+
+    def __repr__(self) -> str:
+        outs = ", ".join(f"%{v.name}" for v in self.outputs)
+        ins = ", ".join(f"%{v.name}" for v in self.inputs)
+        return f"<{outs} = {self.op}({ins})>"
+
+
+class Graph:
+    """A function from input tensors to output tensors, with parameters and ordered nodes."""
+
+    def __init__(self, name: str = "main") -> None:
+        self.name = name
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.params: dict[str, Value] = {}
+        self.weights: dict[str, torch.Tensor] = {}
+        self.nodes: list[Node] = []
+        self._names: set[str] = set()
+        self._insert_at: Node | None = None
+        self._default_meta: dict[str, Any] = {}
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def fresh_name(self, hint: str = "v") -> str:
+        """A value name not used yet in this graph, derived from `hint`."""
+        base = re.sub(r"[^A-Za-z0-9_.]", "_", hint) or "v"
+        if base not in self._names:
+            return base
+        i = 1
+        while f"{base}_{i}" in self._names:
+            i += 1
+        return f"{base}_{i}"
+
+    def _claim(self, name: str) -> str:
+        if not _NAME_OK.match(name):
+            raise IRError(f"invalid value name {name!r}")
+        if name in self._names:
+            raise IRError(f"value %{name} is defined twice")
+        self._names.add(name)
+        return name
+
+    # -- building ------------------------------------------------------------------------------
+
+    def add_input(self, name: str, type: TensorType) -> Value:
+        """Append a graph input."""
+        value = Value(self._claim(name), type)
+        self.inputs.append(value)
+        return value
+
+    def add_param(self, name: str, type: TensorType, data: torch.Tensor | None = None) -> Value:
+        """Add a parameter; `data` may be None or a meta tensor (a weight without storage)."""
+        value = Value(self._claim(name), type)
+        self.params[name] = value
+        if data is not None:
+            self.weights[name] = data
+        return value
+
+    def add_node(
+        self,
+        op: str,
+        inputs: Sequence[Value],
+        attrs: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        names: Sequence[str] | None = None,
+        types: Sequence[TensorType] | None = None,
+    ) -> Node:
+        """Create a node at the insertion point, inferring output types unless `types` is given."""
+        from cgc.ir.ops import get_op
+
+        opdef = get_op(op)
+        node = Node(op, inputs, opdef.complete_attrs(attrs or {}), meta or self._default_meta)
+        if types is None:
+            types = opdef.infer([v.type for v in inputs], node.attrs)
+        if names is None:
+            names = [self.fresh_name(op) for _ in types]
+        for name, type in zip(names, types, strict=True):
+            node.outputs.append(Value(self._claim(name), type, node))
+        for v in inputs:
+            v.users.append(node)
+        if self._insert_at is None:
+            self.nodes.append(node)
+        else:
+            self.nodes.insert(self.nodes.index(self._insert_at), node)
+        return node
+
+    def call(self, op: str, *inputs: Value, **attrs: Any) -> Value:
+        """Add a one-output node and return its output: `g.call("add", x, y)`."""
+        return self.add_node(op, inputs, attrs).output
+
+    def constant(self, value: float | int | bool, dtype: str = "f32") -> Value:
+        """A scalar constant node of the given dtype."""
+        return self.add_node("constant", [], {"value": value, "dtype": dtype, "shape": []}).output
+
+    @contextmanager
+    def inserting_before(
+        self, node: Node | None, meta: Mapping[str, Any] | None = None
+    ) -> Iterator[None]:
+        """New nodes go before `node` (the end when None) and inherit `meta` (e.g. its scope)."""
+        saved = self._insert_at, self._default_meta
+        self._insert_at = node
+        self._default_meta = dict(meta or {})
+        try:
+            yield
+        finally:
+            self._insert_at, self._default_meta = saved
+
+    # -- editing -------------------------------------------------------------------------------
+
+    def replace_all_uses(self, old: Value, new: Value) -> None:
+        """Make every user of `old` (and the graph outputs) use `new` instead."""
+        for user in old.users:
+            user.inputs = [new if v is old else v for v in user.inputs]
+            new.users.append(user)
+        old.users = []
+        self.outputs = [new if v is old else v for v in self.outputs]
+
+    def set_input(self, node: Node, index: int, new: Value) -> None:
+        """Replace one input of `node`, keeping use lists right."""
+        old = node.inputs[index]
+        old.users.remove(node)
+        node.inputs[index] = new
+        new.users.append(node)
+
+    def erase_node(self, node: Node) -> None:
+        """Remove a node whose outputs are unused."""
+        for out in node.outputs:
+            if out.users or out in self.outputs:
+                raise IRError(f"cannot erase {node}: %{out.name} is still used")
+            self._names.discard(out.name)
+        for v in node.inputs:
+            v.users.remove(node)
+        self.nodes.remove(node)
+
+    def remove_param(self, name: str) -> None:
+        """Drop an unused parameter and its data."""
+        value = self.params.pop(name)
+        if value.users or value in self.outputs:
+            raise IRError(f"cannot remove parameter %{name}: it is still used")
+        self.weights.pop(name, None)
+        self._names.discard(name)
+
+    def rename(self, value: Value, name: str) -> None:
+        """Give a value a new unique name."""
+        self._names.discard(value.name)
+        if value.producer is None and value.name in self.params:
+            self.params[self._claim(name)] = self.params.pop(value.name)
+            if value.name in self.weights:
+                self.weights[name] = self.weights.pop(value.name)
+        else:
+            self._claim(name)
+        value.name = name
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def op_counts(self) -> dict[str, int]:
+        """How many nodes of each op the graph has, sorted by op name."""
+        return dict(sorted(Counter(n.op for n in self.nodes).items()))
+
+    def values(self) -> Iterator[Value]:
+        """Every value: inputs, parameters, then node outputs in order."""
+        yield from self.inputs
+        yield from self.params.values()
+        for node in self.nodes:
+            yield from node.outputs
+
+    def num_parameters(self) -> int:
+        """Number of parameter elements (weights and buffers)."""
+        return sum(v.type.numel for v in self.params.values())
+
+    def copy(self) -> Graph:
+        """A structural copy sharing weight tensors (weights are immutable by convention)."""
+        from cgc.ir.parser import parse
+        from cgc.ir.printer import print_graph
+
+        clone = parse(print_graph(self))
+        clone.weights = dict(self.weights)
+        return clone
+
+    def __str__(self) -> str:
+        from cgc.ir.printer import print_graph
+
+        return print_graph(self)
