@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from cgc.errors import IRError
+from cgc.errors import CgcError, IRError
 from cgc.ir.graph import Graph
 from cgc.ir.types import TensorType
 
@@ -172,7 +172,7 @@ def parse(text: str) -> Graph:
             meta = _dict(toks) if toks.accept("#{") else {}
             try:
                 node = graph.add_node(op, inputs, attrs, meta, names=names, types=types)
-            except IRError as e:
+            except CgcError as e:  # unknown op or bad attributes
                 raise IRError(f"line {line}: {e}") from None
             for v in node.outputs:
                 claim(v)
