@@ -1,5 +1,24 @@
-"""cgc: a graph compiler toolkit for GPT models."""
+"""cgc: a graph compiler toolkit for GPT models.
+
+    graph = cgc.trace(module, example_inputs)          # torch.export -> cgc IR
+    graph = cgc.run_passes(graph, "default")           # fusions
+    artifact = cgc.compile(module, example_inputs, backend="onnxruntime")
+    artifact.save("out/model"); cgc.load("out/model").run(*example_inputs)
+"""
+
+from typing import Any
 
 from cgc.errors import CgcError
 
-__all__ = ["CgcError"]
+# The API lives in cgc.driver, imported on first use so `cgc --help` does not wait for torch.
+_DRIVER_API = ("trace", "run_passes", "compile", "load")
+
+__all__ = ["CgcError", *_DRIVER_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DRIVER_API:
+        from cgc import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module 'cgc' has no attribute {name!r}")

@@ -1,0 +1,261 @@
+"""The `cgc` command line: compile, run and check models; list models and passes.
+
+Errors a user can cause print one line on stderr and exit with code 2; `--debug` shows the
+traceback instead. `cgc check` exits 1 when outputs are out of tolerance.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cgc.errors import CgcError
+
+EXIT_MISMATCH = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+
+class Console:
+    """Where progress, detail and results go, by verbosity (-q, default, -v)."""
+
+    def __init__(self, quiet: bool, verbose: bool) -> None:
+        self.quiet = quiet
+        self.verbose = verbose
+
+    def step(self, message: str) -> None:
+        """Progress of a long step, on stderr; silent with -q."""
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    def detail(self, message: str) -> None:
+        """Extra detail shown with -v."""
+        if self.verbose and not self.quiet:
+            click.echo(message, err=True)
+
+    def result(self, message: str) -> None:
+        """The command's result, on stdout; silent with -q."""
+        if not self.quiet:
+            click.echo(message)
+
+
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add -q/-v/--debug to a command and turn CgcError into one line and exit code 2."""
+
+    @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+    @click.option("-v", "--verbose", is_flag=True, help="Print more detail.")
+    @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+    @functools.wraps(fn)
+    def wrapper(quiet: bool, verbose: bool, debug: bool, **kwargs: Any) -> None:
+        console = Console(quiet, verbose)
+        try:
+            code = fn(console, **kwargs)
+        except CgcError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:
+            if debug:
+                raise
+            click.echo(
+                f"internal error: {type(e).__name__}: {e} (rerun with --debug and report it)",
+                err=True,
+            )
+            sys.exit(EXIT_INTERNAL)
+        sys.exit(code or 0)
+
+    return wrapper
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be at least 1, got {value}")
+    return value
+
+
+MODEL_HELP = (
+    "MODEL is a built-in name (see `cgc models`), a Hugging Face GPT-2 checkpoint folder "
+    "(config.json + model.safetensors), or a Python file: model.py exposing get_model() -> "
+    "(module, example_inputs), or module-level `model` and `example_inputs`; model.py:NAME "
+    "calls NAME() instead."
+)
+_batch = click.option(
+    "--batch", type=int, callback=_positive, help="Batch size of the example inputs [1]."
+)
+_seq_len = click.option(
+    "--seq-len", type=int, callback=_positive, help="Sequence length of the example inputs [128]."
+)
+_seed = click.option("--seed", type=int, default=0, show_default=True, help="Weight/input seed.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cgc")
+def main() -> None:
+    """cgc: a graph compiler toolkit for GPT models.
+
+    Traces a PyTorch GPT model, lowers it to the cgc IR, fuses and partitions it, and emits an
+    ONNX model run by ONNX Runtime, checking numerics against PyTorch at every stage.
+    """
+
+
+@main.command("compile", help=f"Compile MODEL into an artifact folder.\n\n{MODEL_HELP}")
+@click.argument("model")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Artifact folder [out/MODEL]."
+)
+@click.option("--backend", default="onnxruntime", show_default=True, help="Target backend.")
+@click.option("--passes", "pipeline", default="default", show_default=True, help="Pass pipeline.")
+@_batch
+@_seq_len
+@_seed
+@click.option("--print-ir", is_flag=True, help="Print the IR after the passes.")
+@_common
+def compile_cmd(
+    console: Console,
+    model: str,
+    output: Path | None,
+    backend: str,
+    pipeline: str,
+    batch: int | None,
+    seq_len: int | None,
+    seed: int,
+    print_ir: bool,
+) -> int:
+    from cgc import driver
+
+    start = time.perf_counter()
+    backend_module = driver.get_backend(backend)  # a bad name fails before the long steps
+    console.step(f"loading {model} ...")
+    loaded = driver.load_model(model, batch=batch, seq_len=seq_len, seed=seed)
+    console.step(f"tracing {loaded.name} ...")
+    graph, t_trace = driver.timed(lambda: driver.trace(loaded.module, loaded.example_inputs))
+    console.detail(f"traced in {t_trace:.2f} s: {len(graph.nodes)} nodes")
+    graph, t_passes = driver.timed(lambda: driver.run_passes(graph, pipeline))
+    console.detail(f"passes {pipeline!r} in {t_passes:.2f} s")
+    if print_ir:
+        click.echo(str(graph), nl=False)
+    info = {"model": loaded.name, "pipeline": pipeline, "weights": loaded.weights}
+    artifact = backend_module.compile(graph, info)
+    folder = output or Path("out") / loaded.name
+    console.step(f"writing {folder} ...")
+    _, t_save = driver.timed(lambda: artifact.save(folder, progress=console.detail))
+    ops = ", ".join(f"{op} {n}" for op, n in graph.op_counts().items())
+    shapes = ", ".join(f"{v.name} {v.type}" for v in graph.inputs)
+    console.result(
+        f"{loaded.name}: {graph.num_parameters():,} parameters, weights {loaded.weights}\n"
+        f"inputs: {shapes}\n"
+        f"ops: {ops}\n"
+        f"artifact: {folder} ({backend}; trace {t_trace:.1f} s, passes {t_passes:.1f} s, "
+        f"write {t_save:.1f} s, total {time.perf_counter() - start:.1f} s)"
+    )
+    return 0
+
+
+@main.command("run")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option(
+    "--inputs",
+    "inputs_file",
+    type=click.Path(path_type=Path),
+    help="Inputs as a .safetensors file keyed by input name [seeded random ids].",
+)
+@click.option(
+    "--outputs",
+    "outputs_file",
+    type=click.Path(path_type=Path),
+    help="Save outputs to .safetensors.",
+)
+@_seed
+@_common
+def run_cmd(
+    console: Console, artifact: Path, inputs_file: Path | None, outputs_file: Path | None, seed: int
+) -> int:
+    """Run a compiled ARTIFACT folder and print its outputs' shapes and statistics."""
+    from cgc import driver
+    from cgc.io import load_inputs, random_inputs, save_tensors
+
+    art = driver.load(artifact)
+    types = art.input_types()
+    inputs = load_inputs(inputs_file, types) if inputs_file else random_inputs(types, seed)
+    outputs, t_run = driver.timed(lambda: art.run(*inputs))
+    for v, out in zip(art.graph.outputs, outputs, strict=True):
+        o = out.double()
+        console.result(
+            f"{v.name}: {v.type}  mean {float(o.mean()):.6g}  std {float(o.std()):.6g}  "
+            f"min {float(o.min()):.6g}  max {float(o.max()):.6g}"
+        )
+    if outputs_file:
+        save_tensors(
+            outputs_file, {v.name: t for v, t in zip(art.graph.outputs, outputs, strict=True)}
+        )
+    console.result(f"ran {artifact} ({art.backend}) in {t_run * 1e3:.1f} ms")
+    return 0
+
+
+@main.command("check", help=f"Compare backends with eager PyTorch on MODEL.\n\n{MODEL_HELP}")
+@click.argument("model")
+@click.option(
+    "--backends",
+    default="onnxruntime",
+    show_default=True,
+    help="Comma-separated backends to check besides the IR interpreter.",
+)
+@click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance.")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance.")
+@click.option("--passes", "pipeline", default="default", show_default=True, help="Pass pipeline.")
+@_batch
+@_seq_len
+@_seed
+@_common
+def check_cmd(
+    console: Console,
+    model: str,
+    backends: str,
+    rtol: float,
+    atol: float,
+    pipeline: str,
+    batch: int | None,
+    seq_len: int | None,
+    seed: int,
+) -> int:
+    from cgc.check import check_model
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    report = check_model(
+        model,
+        names,
+        rtol=rtol,
+        atol=atol,
+        pipeline=pipeline,
+        batch=batch,
+        seq_len=seq_len,
+        seed=seed,
+        progress=console.step,
+    )
+    console.result(report.text())
+    return 0 if report.ok else EXIT_MISMATCH
+
+
+@main.command("models")
+@_common
+def models_cmd(console: Console) -> int:
+    """List the built-in models with their sizes."""
+    from cgc import models
+
+    console.result(f"{'name':<24} {'layers':>6} {'d_model':>7} {'heads':>5} {'parameters':>15}")
+    for name in models.available():
+        c = models.get_config(name)
+        console.result(
+            f"{name:<24} {c.n_layer:>6} {c.n_embd:>7} {c.n_head:>5} {c.num_parameters():>15,}"
+        )
+    return 0
