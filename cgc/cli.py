@@ -135,7 +135,6 @@ def compile_cmd(
 
     start = time.perf_counter()
     backend_module = driver.get_backend(backend)  # a bad name fails before the long steps
-    console.step(f"loading {model} ...")
     loaded = driver.load_model(model, batch=batch, seq_len=seq_len, seed=seed)
     console.step(f"tracing {loaded.name} ...")
     graph, t_trace = driver.timed(lambda: driver.trace(loaded.module, loaded.example_inputs))

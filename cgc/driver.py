@@ -62,7 +62,7 @@ def _load_python(path: Path, entry: str | None) -> LoadedModel:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     name = f"cgc_user_model_{abs(hash(path.resolve()))}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, path.resolve())
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
@@ -104,7 +104,8 @@ def _load_python(path: Path, entry: str | None) -> LoadedModel:
 
 def _where(error: Exception, path: Path) -> str:
     """The error with the innermost line of the user's file it came from."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == str(path)]
+    file = str(path.resolve())
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == file]
     at = f" (line {frames[-1].lineno})" if frames else ""
     return f"{type(error).__name__}: {error}{at}"
 
