@@ -22,9 +22,16 @@ def _per_element(cost: int):
 
 def _binary(op: str):
     def infer(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
-        return [TensorType(broadcast(*ins), same_dtype(op, *ins))]
+        dtype = same_dtype(op, *ins)
+        if op in _FLOAT_ONLY and not ins[0].is_float:
+            raise IRError(f"{op}: needs floating-point operands, got {dtype}; insert a cast")
+        return [TensorType(broadcast(*ins), dtype)]
 
     return infer
+
+
+def _to_bool(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+    return [ins[0].with_dtype("bool")]
 
 
 def _compare(op: str):
@@ -47,8 +54,12 @@ _UNARY = {
     "erf": (torch.erf, float_unary, 1),
     "sigmoid": (torch.sigmoid, float_unary, 1),
     "relu": (torch.relu, unary, 1),
-    "logical_not": (torch.logical_not, unary, 0),
+    "logical_not": (torch.logical_not, _to_bool, 0),
 }
+
+# torch's true division of integers gives floats; the IR keeps dtypes exact, so div takes
+# floats only and integer operands are cast explicitly.
+_FLOAT_ONLY = frozenset({"div"})
 
 _BINARY = {
     # name: (torch fn, commutative)

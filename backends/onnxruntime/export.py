@@ -1,0 +1,117 @@
+"""Writes a cgc graph as an ONNX model, its weights in one external-data file beside it.
+
+Weight bytes are streamed to `<model>.data` tensor by tensor, so the protobuf holds only
+references and models past protobuf's 2 GB limit export without building a huge message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+import onnx
+from onnx import TensorProto, helper
+
+from cgc.backends.onnxruntime.lowering import ONNX_DTYPES, Emitter, raw_bytes, tensor_proto
+from cgc.errors import CgcError
+from cgc.ir import Graph, TensorType, Value
+from cgc.ir.types import dtype_name
+
+# ORT memory-maps an external tensor whose offset is a multiple of the page size.
+_ALIGN = 4096
+_PROTOBUF_LIMIT = 2**31
+
+
+def to_onnx(graph: Graph, path: str | Path, *, external_data: bool = True) -> onnx.ModelProto:
+    """Write `graph` to the ONNX file `path`, its weights to `<path>.data` (or inline).
+
+    Returns the model proto as written (external tensors hold references, not bytes). Files are
+    staged in a temporary folder and moved into place at the end, so a failed export leaves
+    nothing behind; the same graph gives byte-identical files.
+    """
+    path = Path(path)
+    _check_weights(graph)
+    if not external_data and sum(v.type.nbytes for v in graph.params.values()) >= _PROTOBUF_LIMIT:
+        raise CgcError("weights exceed protobuf's 2 GB limit; export with external_data=True")
+    model = build_model(graph)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        if external_data:
+            location = path.name + ".data"
+            with open(staging / location, "wb") as f:
+                weights = _write_external(graph, f, location)
+        else:
+            weights = [tensor_proto(name, graph.weights[name]) for name in graph.params]
+        model.graph.initializer.extend(weights)
+        (staging / path.name).write_bytes(model.SerializeToString())
+        if external_data:  # data first, so the model never points at a missing or stale file
+            os.replace(staging / location, path.parent / location)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return model
+
+
+def build_model(graph: Graph) -> onnx.ModelProto:
+    """The ONNX model of `graph` without its parameter initializers."""
+    emitter = Emitter()
+    for node in graph.nodes:
+        emitter.lower(node)
+    outputs = {id(v) for v in graph.outputs}
+    intermediates = [v for n in graph.nodes for v in n.outputs if id(v) not in outputs]
+    onnx_graph = helper.make_graph(
+        emitter.nodes,
+        graph.name,
+        inputs=[_value_info(v) for v in graph.inputs],
+        outputs=[_value_info(v) for v in graph.outputs],
+        initializer=emitter.initializers,
+        value_info=[_value_info(v) for v in intermediates],
+    )
+    opsets = [helper.make_opsetid(domain, v) for domain, v in sorted(emitter.opsets.items())]
+    return helper.make_model(
+        onnx_graph,
+        opset_imports=opsets,
+        ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True),
+        producer_name="cgc",
+    )
+
+
+def _value_info(v: Value) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(v.name, ONNX_DTYPES[v.dtype], v.shape)
+
+
+def _check_weights(graph: Graph) -> None:
+    """Every parameter needs real data of its declared type: ONNX files store the weights."""
+    meta = [n for n in graph.params if n not in graph.weights or graph.weights[n].is_meta]
+    if meta:
+        raise CgcError(
+            f"{len(meta)} of {len(graph.params)} parameters are meta weights (no data), "
+            f"e.g. %{meta[0]}; ONNX export needs real weights: load the model with its checkpoint"
+        )
+    for name, value in graph.params.items():
+        data = graph.weights[name]
+        if TensorType(tuple(data.shape), dtype_name(data.dtype)) != value.type:
+            raise CgcError(
+                f"weight %{name} is {dtype_name(data.dtype)}{list(data.shape)} "
+                f"but the graph declares {value.type}"
+            )
+
+
+def _write_external(graph: Graph, f: BinaryIO, location: str) -> list[TensorProto]:
+    """Append each weight to `f` at a page-aligned offset; the initializers pointing at them."""
+    protos = []
+    for name, value in graph.params.items():
+        data = raw_bytes(graph.weights[name])
+        f.write(bytes(-f.tell() % _ALIGN))
+        proto = TensorProto(name=name, data_type=ONNX_DTYPES[value.dtype])
+        proto.dims.extend(value.shape)
+        proto.data_location = TensorProto.EXTERNAL
+        for key, val in (("location", location), ("offset", f.tell()), ("length", data.nbytes)):
+            proto.external_data.add(key=key, value=str(val))
+        f.write(data)
+        protos.append(proto)
+    return protos

@@ -1,0 +1,243 @@
+"""Every registered op lowers to ONNX that passes the checker and matches the interpreter in ORT."""
+
+import math
+
+import onnx
+import pytest
+import torch
+
+from cgc.backends.onnxruntime import LOWERINGS, build_model
+from cgc.errors import UnsupportedOpError
+from cgc.ir import Graph, all_ops, interpret, parse
+
+# case name ("op" or "op:variant") -> (graph signature, body computing %y)
+CASES: dict[str, tuple[str, str]] = {
+    **{
+        op: ("%x: f32[2,3]", f"%y = {op}(%x) : f32[2,3]")
+        for op in ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal")
+        + ("tanh", "erf", "sigmoid", "relu")
+    },
+    **{
+        op: ("%x: f32[2,3], %z: f32[3]", f"%y = {op}(%x, %z) : f32[2,3]")
+        for op in ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
+    },
+    **{
+        op: ("%x: f32[2,3], %z: f32[3]", f"%y = {op}(%x, %z) : bool[2,3]")
+        for op in ("eq", "ne", "lt", "le", "gt", "ge")
+    },
+    "logical_and": ("%x: bool[2,3], %z: bool[3]", "%y = logical_and(%x, %z) : bool[2,3]"),
+    "logical_and:f32": ("%x: f32[2,3], %z: f32[3]", "%y = logical_and(%x, %z) : bool[2,3]"),
+    "logical_or": ("%x: bool[2,3], %z: bool[3]", "%y = logical_or(%x, %z) : bool[2,3]"),
+    "logical_not": ("%x: bool[2,3]", "%y = logical_not(%x) : bool[2,3]"),
+    "where": ("%c: bool[2,3], %x: f32[2,3], %z: f32[3]", "%y = where(%c, %x, %z) : f32[2,3]"),
+    "cast:f32_to_i32": ("%x: f32[2,3]", '%y = cast(%x) {dtype="i32"} : i32[2,3]'),
+    "cast:i64_to_f32": ("%x: i64[2,3]", '%y = cast(%x) {dtype="f32"} : f32[2,3]'),
+    "cast:f32_to_bool": ("%x: f32[2,3]", '%y = cast(%x) {dtype="bool"} : bool[2,3]'),
+    "constant:scalar": ("", '%y = constant() {dtype="f32", shape=[], value=0.5} : f32[]'),
+    "constant:fill": ("", '%y = constant() {dtype="f32", shape=[2,3], value=-inf} : f32[2,3]'),
+    "constant:i64": ("", '%y = constant() {dtype="i64", shape=[4], value=3} : i64[4]'),
+    "reduce_sum": ("%x: f32[2,3,4]", "%y = reduce_sum(%x) {axes=[1,-1], keepdim=false} : f32[2]"),
+    "reduce_mean": (
+        "%x: f32[2,3,4]",
+        "%y = reduce_mean(%x) {axes=[-1], keepdim=true} : f32[2,3,1]",
+    ),
+    "reduce_max": ("%x: f32[2,3,4]", "%y = reduce_max(%x) {axes=[0], keepdim=false} : f32[3,4]"),
+    "var": ("%x: f32[2,3,4]", "%y = var(%x) {axes=[-1], correction=0, keepdim=false} : f32[2,3]"),
+    "var:bessel": (
+        "%x: f32[2,3,4]",
+        "%y = var(%x) {axes=[0,2], correction=1, keepdim=true} : f32[1,3,1]",
+    ),
+    "softmax": ("%x: f32[2,3,4]", "%y = softmax(%x) {axis=1} : f32[2,3,4]"),
+    "log_softmax": ("%x: f32[2,3,4]", "%y = log_softmax(%x) {axis=-1} : f32[2,3,4]"),
+    "matmul": ("%x: f32[2,3,4], %z: f32[4,5]", "%y = matmul(%x, %z) : f32[2,3,5]"),
+    "matmul:batched": ("%x: f32[2,1,3,4], %z: f32[5,4,2]", "%y = matmul(%x, %z) : f32[2,5,3,2]"),
+    "reshape": ("%x: f32[2,3,4]", "%y = reshape(%x) {shape=[6,4]} : f32[6,4]"),
+    "transpose": ("%x: f32[2,3,4]", "%y = transpose(%x) {perm=[2,0,1]} : f32[4,2,3]"),
+    "expand": ("%x: f32[3,1]", "%y = expand(%x) {shape=[2,3,4]} : f32[2,3,4]"),
+    "slice": ("%x: f32[2,5]", "%y = slice(%x) {axis=1, end=4, start=1, step=2} : f32[2,2]"),
+    "concat": ("%x: f32[2,3], %z: f32[2,2]", "%y = concat(%x, %z) {axis=1} : f32[2,5]"),
+    "embedding": ("%i: i64[2,3]", "param %t: f32[7,4]\n%y = embedding(%t, %i) : f32[2,3,4]"),
+    "embedding:i32": ("%i: i32[3]", "param %t: f32[7,4]\n%y = embedding(%t, %i) : f32[3,4]"),
+    # fused ops
+    "linear": (
+        "%x: f32[2,3,4]",
+        "param %w: f32[5,4]\nparam %b: f32[5]\n%y = linear(%x, %w, %b) : f32[2,3,5]",
+    ),
+    "linear:2d_no_bias": ("%x: f32[3,4]", "param %w: f32[5,4]\n%y = linear(%x, %w) : f32[3,5]"),
+    "linear:1d": (
+        "%x: f32[4]",
+        "param %w: f32[5,4]\nparam %b: f32[5]\n%y = linear(%x, %w, %b) : f32[5]",
+    ),
+    "layer_norm": (
+        "%x: f32[2,3,8]",
+        "param %w: f32[8]\nparam %b: f32[8]\n%y = layer_norm(%x, %w, %b) {eps=1e-05} : f32[2,3,8]",
+    ),
+    "layer_norm:no_bias": (
+        "%x: f32[2,3,8]",
+        "param %w: f32[8]\n%y = layer_norm(%x, %w) {eps=1e-06} : f32[2,3,8]",
+    ),
+    "layer_norm:no_affine": ("%x: f32[2,3,8]", "%y = layer_norm(%x) {eps=1e-05} : f32[2,3,8]"),
+    "gelu": ("%x: f32[2,3]", '%y = gelu(%x) {approximate="none"} : f32[2,3]'),
+    "gelu:tanh": ("%x: f32[2,3]", '%y = gelu(%x) {approximate="tanh"} : f32[2,3]'),
+    "attention": (
+        "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12]",
+        "%y = attention(%q, %k, %v) {causal=false, num_heads=3, scale=0.5} : f32[2,5,12]",
+    ),
+    "attention:causal": (
+        "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=3, scale=0.5} : f32[2,5,12]",
+    ),
+    "attention:mask": (
+        "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12], %m: f32[2,3,5,5]",
+        "%y = attention(%q, %k, %v, %m) {causal=false, num_heads=3, scale=0.5} : f32[2,5,12]",
+    ),
+    "attention:causal_mask": (
+        "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12], %m: f32[5,5]",
+        "%y = attention(%q, %k, %v, %m) {causal=true, num_heads=3, scale=0.5} : f32[2,5,12]",
+    ),
+    "attention:padding_mask": (  # broadcast over heads and queries: the lowering expands it
+        "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12], %m: f32[2,1,1,5]",
+        "%y = attention(%q, %k, %v, %m) {causal=true, num_heads=3, scale=0.5} : f32[2,5,12]",
+    ),
+    "attention:d_head_10_mup": (  # non-power-of-two head size, muP scale 1/d_head
+        "%q: f32[2,6,30], %k: f32[2,6,30], %v: f32[2,6,30]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=3, scale=0.1} : f32[2,6,30]",
+    ),
+    "attention:d_head_10_mup_mask": (
+        "%q: f32[2,6,30], %k: f32[2,6,30], %v: f32[2,6,30], %m: f32[1,1,6,6]",
+        "%y = attention(%q, %k, %v, %m) {causal=false, num_heads=3, scale=0.1} : f32[2,6,30]",
+    ),
+    "attention:longer_keys_causal": (  # 3 queries aligned to the end of 7 keys, as torch does
+        "%q: f32[2,3,12], %k: f32[2,7,12], %v: f32[2,7,12]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=3, scale=0.5} : f32[2,3,12]",
+    ),
+    "attention:longer_keys_causal_mask": (
+        "%q: f32[2,3,12], %k: f32[2,7,12], %v: f32[2,7,12], %m: f32[2,1,3,7]",
+        "%y = attention(%q, %k, %v, %m) {causal=true, num_heads=3, scale=0.5} : f32[2,3,12]",
+    ),
+    "attention:value_width": (  # d_v (2) differs from d_head (4)
+        "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,6]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=3, scale=0.5} : f32[2,5,6]",
+    ),
+}
+
+POSITIVE = {"log", "sqrt", "rsqrt", "reciprocal", "div", "pow"}  # keep inputs in the domain
+TIES = {"eq", "ne", "lt", "le", "gt", "ge", "maximum", "minimum", "logical_and:f32"}
+FUSED_TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}  # fused ORT kernels vs torch, fp32
+PRIMITIVE_TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _graph(case: str) -> Graph:
+    signature, body = CASES[case]
+    lines = "\n".join(f"  {line}" for line in body.splitlines())
+    return parse(f"graph @t({signature}) {{\n{lines}\n  return %y\n}}\n")
+
+
+def _inputs(g: Graph, case: str, random_tensor) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    inputs = []
+    for v in g.inputs:
+        x = random_tensor(v.type, gen)
+        if v.type.is_float and case in POSITIVE:
+            x = x.abs() + 0.5
+        if v.type.is_float and case in TIES:
+            x = x.mul(2).round()  # small integers, so equal elements occur
+        if case.startswith("cast:f32"):
+            x[0, 0] = 0.0  # an exact zero for the bool cast, fractions for the int cast
+        inputs.append(x)
+    return inputs
+
+
+def test_every_op_lowers_and_is_tested() -> None:
+    assert set(LOWERINGS) == set(all_ops())
+    assert {case.split(":")[0] for case in CASES} == set(all_ops())
+
+
+@pytest.mark.parametrize("reference", [True, False], ids=["reference", "optimized"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_op_matches_interpreter(
+    case: str, reference: bool, with_weights, run_ort, random_tensor
+) -> None:
+    g = with_weights(_graph(case))
+    inputs = _inputs(g, case, random_tensor)
+    (want,) = interpret(g, *inputs)
+    (got,) = run_ort(g, *inputs, reference=reference)
+    op = case.split(":")[0]
+    fused = all_ops()[op].category == "fused"
+    torch.testing.assert_close(got, want, **(FUSED_TOLERANCE if fused else PRIMITIVE_TOLERANCE))
+
+
+def _op_types(g: Graph) -> list[str]:
+    return [n.op_type for n in build_model(g).graph.node]
+
+
+@pytest.mark.parametrize(
+    ("case", "op_types"),
+    [
+        ("layer_norm", ["LayerNormalization"]),
+        ("layer_norm:no_affine", ["LayerNormalization"]),
+        ("gelu:tanh", ["Gelu"]),
+        ("linear", ["Reshape", "Gemm", "Reshape"]),
+        ("linear:2d_no_bias", ["Gemm"]),
+        ("attention:causal", ["Attention"]),
+        ("attention:padding_mask", ["Expand", "Attention"]),
+        ("attention:longer_keys_causal_mask", ["Add", "Attention"]),
+        ("rsqrt", ["Sqrt", "Reciprocal"]),
+        ("var", ["ReduceMean", "Sub", "Mul", "ReduceMean"]),
+    ],
+)
+def test_fused_ops_lower_to_single_kernels(case: str, op_types: list[str]) -> None:
+    assert _op_types(_graph(case)) == op_types
+
+
+def test_linear_keeps_the_weight_untransposed() -> None:
+    (gemm,) = [n for n in build_model(_graph("linear")).graph.node if n.op_type == "Gemm"]
+    assert gemm.input[1:] == ["w", "b"]
+    assert {a.name: a.i for a in gemm.attribute} == {"transB": 1}
+
+
+def test_attention_attributes() -> None:
+    square, longer = (
+        build_model(_graph(c)).graph.node[-1]
+        for c in ("attention:causal", "attention:longer_keys_causal")
+    )
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in square.attribute}
+    assert attrs == {"q_num_heads": 3, "kv_num_heads": 3, "is_causal": 1, "scale": 0.5}
+    # keys longer than queries: the bottom-right causal mask is an explicit bias, not is_causal
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in longer.attribute}
+    assert attrs["is_causal"] == 0
+    assert list(longer.input) == ["q", "k", "v", "y/causal_bias"]
+    bias = onnx.numpy_helper.to_array(
+        build_model(_graph("attention:longer_keys_causal")).graph.initializer[0]
+    )
+    assert bias.shape == (1, 1, 3, 7)
+    assert (bias[0, 0] == 0).tolist() == [[k <= q + 4 for k in range(7)] for q in range(3)]
+    assert math.isinf(bias[0, 0, 0, 5])
+
+
+def test_nodes_are_named_after_ir_values_with_source_and_scope() -> None:
+    g = parse(
+        "graph @t(%x: f32[2,3]) {\n"
+        '  %r = rsqrt(%x) : f32[2,3] #{scope="h.0.attn", source="model.py:12"}\n'
+        "  return %r\n}\n"
+    )
+    nodes = build_model(g).graph.node
+    assert [n.name for n in nodes] == ["r/sqrt", "r"]
+    assert [n.output[0] for n in nodes] == ["r/sqrt", "r"]
+    assert {n.doc_string for n in nodes} == {"model.py:12"}
+    assert {(p.key, p.value) for n in nodes for p in n.metadata_props} == {("scope", "h.0.attn")}
+
+
+def test_unsupported_op_names_op_and_source(monkeypatch) -> None:
+    monkeypatch.delitem(LOWERINGS, "gelu")
+    g = parse(
+        "graph @t(%x: f32[2,3]) {\n"
+        '  %y = gelu(%x) {approximate="none"} : f32[2,3] #{source="model.py:7"}\n'
+        "  return %y\n}\n"
+    )
+    with pytest.raises(UnsupportedOpError) as e:
+        build_model(g)
+    assert str(e.value) == (
+        "the onnxruntime backend cannot lower op 'gelu' (model.py:7); "
+        "decompose it into primitives before export"
+    )
