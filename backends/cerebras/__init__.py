@@ -1,0 +1,1 @@
+"""Cerebras wafer-scale engine backend."""
