@@ -1,0 +1,592 @@
+"""The ATen -> IR table: how each core ATen op becomes cgc IR primitives.
+
+A converter gets the importer (`cx`, see `cgc.frontends.fx.FxImporter`) and the FX node's
+arguments as torch.export recorded them: tensors are FX nodes read through `cx.value` or
+`cx.operand(arg, dtype)` (which casts, and turns Python scalars into `constant` nodes). It
+returns the node's IR value or, for a multi-output op, one entry per output (a thunk emitting it
+on demand, or None when cgc cannot produce it). Casts are explicit in the IR, so converters
+compute in the dtype torch reports for the result (`cx.out`). Fused ops (layer norm, GELU) are
+emitted through their registry decomposition, so the frontend produces primitives only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from itertools import accumulate
+from math import prod
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cgc.ir import Value, get_op
+
+if TYPE_CHECKING:
+    from cgc.frontends.fx import FxImporter
+
+aten = torch.ops.aten
+Converter = Callable[..., Any]
+CONVERTERS: dict[torch._ops.OpOverload, Converter] = {}
+
+
+def _converts(*ops: torch._ops.OpOverload) -> Callable[[Converter], Converter]:
+    def wrap(fn: Converter) -> Converter:
+        for op in ops:
+            CONVERTERS[op] = fn
+        return fn
+
+    return wrap
+
+
+def _decomposed(cx: FxImporter, op: str, inputs: Sequence[Value], **attrs: Any) -> Value:
+    """Emit fused `op` as its registry decomposition."""
+    opdef = get_op(op)
+    (result,) = opdef.decompose(cx.g, list(inputs), opdef.complete_attrs(attrs))
+    return result
+
+
+def _axes(dim: int | Sequence[int] | None, rank: int) -> list[int]:
+    """Reduction axes as recorded; None or [] means every axis, as in torch."""
+    if dim is None or (not isinstance(dim, int) and len(dim) == 0):
+        return list(range(rank))
+    return [dim] if isinstance(dim, int) else list(dim)
+
+
+# -- elementwise --------------------------------------------------------------------------------
+
+
+def _arith(op: str) -> Converter:
+    def convert(cx: FxImporter, a: Any, b: Any, *, alpha: Any = 1) -> Value:
+        dtype = cx.out.dtype
+        x, y = cx.operand(a, dtype), cx.operand(b, dtype)
+        if alpha != 1:
+            y = cx.g.call("mul", y, cx.scalar(alpha, dtype))
+        return cx.g.call(op, x, y)
+
+    return convert
+
+
+def _compare(op: str) -> Converter:
+    def convert(cx: FxImporter, a: Any, b: Any) -> Value:
+        dtype = cx.result_dtype(a, b)
+        return cx.g.call(op, cx.operand(a, dtype), cx.operand(b, dtype))
+
+    return convert
+
+
+def _logical(op: str) -> Converter:
+    def convert(cx: FxImporter, a: Any, b: Any) -> Value:
+        if cx.out.dtype != "bool":
+            raise cx.unsupported("bitwise ops are supported on bool tensors only")
+        return cx.g.call(op, cx.operand(a, "bool"), cx.operand(b, "bool"))
+
+    return convert
+
+
+def _unary(op: str) -> Converter:
+    def convert(cx: FxImporter, x: Any) -> Value:
+        return cx.g.call(op, cx.operand(x, cx.out.dtype))
+
+    return convert
+
+
+for _op, _overloads in {
+    "add": (aten.add.Tensor, aten.add.Scalar),
+    "sub": (aten.sub.Tensor, aten.sub.Scalar),
+    "mul": (aten.mul.Tensor, aten.mul.Scalar),
+    "div": (aten.div.Tensor, aten.div.Scalar),
+    "pow": (aten.pow.Tensor_Tensor, aten.pow.Tensor_Scalar, aten.pow.Scalar),
+    "maximum": (aten.maximum.default,),
+    "minimum": (aten.minimum.default,),
+}.items():
+    _converts(*_overloads)(_arith(_op))
+
+for _op in ("eq", "ne", "lt", "le", "gt", "ge"):
+    _converts(getattr(aten, _op).Tensor, getattr(aten, _op).Scalar)(_compare(_op))
+
+_converts(aten.logical_and.default, aten.bitwise_and.Tensor, aten.bitwise_and.Scalar)(
+    _logical("logical_and")
+)
+_converts(aten.logical_or.default, aten.bitwise_or.Tensor, aten.bitwise_or.Scalar)(
+    _logical("logical_or")
+)
+_converts(aten.logical_xor.default)(_logical("ne"))  # a xor b == (a != b) on bools
+
+for _op in (
+    "neg",
+    "abs",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "reciprocal",
+    "tanh",
+    "erf",
+    "sigmoid",
+    "relu",
+):
+    _converts(getattr(aten, _op).default)(_unary(_op))
+
+
+@_converts(aten.div.Tensor_mode)
+def _div_mode(cx: FxImporter, a: Any, b: Any, *, rounding_mode: str | None = None) -> Value:
+    if rounding_mode is not None:
+        raise cx.unsupported(f"rounding_mode={rounding_mode!r}")
+    return _arith("div")(cx, a, b)
+
+
+@_converts(aten.rsub.Scalar, aten.rsub.Tensor)
+def _rsub(cx: FxImporter, a: Any, b: Any, alpha: Any = 1) -> Value:
+    dtype = cx.out.dtype
+    x = cx.operand(a, dtype)
+    if alpha != 1:
+        x = cx.g.call("mul", x, cx.scalar(alpha, dtype))
+    return cx.g.call("sub", cx.operand(b, dtype), x)
+
+
+@_converts(aten.logical_not.default, aten.bitwise_not.default)
+def _logical_not(cx: FxImporter, x: Any) -> Value:
+    if cx.out.dtype != "bool":
+        raise cx.unsupported("bitwise not is supported on bool tensors only")
+    return cx.g.call("logical_not", cx.operand(x, "bool"))
+
+
+@_converts(aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar)
+def _where(cx: FxImporter, cond: Any, a: Any, b: Any) -> Value:
+    dtype = cx.out.dtype
+    return cx.g.call("where", cx.operand(cond, "bool"), cx.operand(a, dtype), cx.operand(b, dtype))
+
+
+@_converts(aten.masked_fill.Scalar, aten.masked_fill.Tensor)
+def _masked_fill(cx: FxImporter, x: Any, mask: Any, value: Any) -> Value:
+    return _where(cx, mask, value, x)
+
+
+@_converts(aten.clamp.default, aten.clamp.Tensor)
+def _clamp(cx: FxImporter, x: Any, min: Any = None, max: Any = None) -> Value:
+    dtype = cx.out.dtype
+    y = cx.operand(x, dtype)
+    if min is not None:
+        y = cx.g.call("maximum", y, cx.operand(min, dtype))
+    if max is not None:
+        y = cx.g.call("minimum", y, cx.operand(max, dtype))
+    return y
+
+
+@_converts(aten.clamp_min.default)
+def _clamp_min(cx: FxImporter, x: Any, min: Any) -> Value:
+    return _clamp(cx, x, min=min)
+
+
+@_converts(aten.clamp_max.default)
+def _clamp_max(cx: FxImporter, x: Any, max: Any) -> Value:
+    return _clamp(cx, x, max=max)
+
+
+@_converts(aten._to_copy.default)
+def _to_copy(cx: FxImporter, x: Any, **layout: Any) -> Value:
+    """A cast when the dtype changes; device, layout and memory format mean nothing here."""
+    return cx.operand(x, cx.out.dtype)
+
+
+@_converts(
+    aten.clone.default,
+    aten.alias.default,
+    aten.detach.default,
+    aten.contiguous.default,
+    aten.lift_fresh_copy.default,
+)
+def _identity(cx: FxImporter, x: Any, **memory_format: Any) -> Value:
+    """Copies and aliases: values are immutable in the IR."""
+    return cx.value(x)
+
+
+# -- linear algebra -----------------------------------------------------------------------------
+
+
+@_converts(aten.mm.default, aten.bmm.default)
+def _mm(cx: FxImporter, a: Any, b: Any) -> Value:
+    dtype = cx.out.dtype
+    return cx.g.call("matmul", cx.operand(a, dtype), cx.operand(b, dtype))
+
+
+@_converts(aten.matmul.default)
+def _matmul(cx: FxImporter, a: Any, b: Any) -> Value:
+    """torch.matmul: 1-D operands become matrices for the product, then lose that axis."""
+    dtype = cx.out.dtype
+    x, y = cx.operand(a, dtype), cx.operand(b, dtype)
+    if x.type.rank == 1:
+        x = cx.g.call("reshape", x, shape=[1, x.shape[0]])
+    if y.type.rank == 1:
+        y = cx.g.call("reshape", y, shape=[y.shape[0], 1])
+    return _reshape_to(cx, cx.g.call("matmul", x, y), cx.out.shape)
+
+
+@_converts(aten.addmm.default)
+def _addmm(cx: FxImporter, bias: Any, a: Any, b: Any, *, beta: Any = 1, alpha: Any = 1) -> Value:
+    """beta·bias + alpha·(a @ b), as matmul then add so the linear fusion sees it."""
+    dtype = cx.out.dtype
+    y = cx.g.call("matmul", cx.operand(a, dtype), cx.operand(b, dtype))
+    if alpha != 1:
+        y = cx.g.call("mul", y, cx.scalar(alpha, dtype))
+    if beta == 0:
+        return y
+    c = cx.operand(bias, dtype)
+    if beta != 1:
+        c = cx.g.call("mul", c, cx.scalar(beta, dtype))
+    return cx.g.call("add", y, c)
+
+
+# -- data movement ------------------------------------------------------------------------------
+
+
+def _reshape_to(cx: FxImporter, value: Value, shape: tuple[int, ...]) -> Value:
+    return value if value.shape == shape else cx.g.call("reshape", value, shape=list(shape))
+
+
+def _transpose(cx: FxImporter, value: Value, perm: list[int]) -> Value:
+    if perm == list(range(len(perm))):
+        return value
+    return cx.g.call("transpose", value, perm=perm)
+
+
+def _slice_axis(cx: FxImporter, value: Value, axis: int, start: int, end: int, step: int = 1):
+    if (start, end, step) == (0, value.shape[axis], 1):
+        return value
+    return cx.g.call("slice", value, axis=axis, start=start, end=end, step=step)
+
+
+@_converts(
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten.reshape.default,
+    aten.squeeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.unsqueeze.default,
+    aten.flatten.using_ints,
+)
+def _reshape(cx: FxImporter, x: Any, *shape_args: Any) -> Value:
+    """Every view that keeps element order is a reshape to the static result shape."""
+    return _reshape_to(cx, cx.value(x), cx.out.shape)
+
+
+@_converts(aten.permute.default)
+def _permute(cx: FxImporter, x: Any, dims: Sequence[int]) -> Value:
+    value = cx.value(x)
+    return _transpose(cx, value, [d % value.type.rank for d in dims])
+
+
+@_converts(aten.t.default)
+def _t(cx: FxImporter, x: Any) -> Value:
+    value = cx.value(x)
+    return _transpose(cx, value, list(range(value.type.rank))[::-1])
+
+
+@_converts(aten.transpose.int)
+def _transpose_int(cx: FxImporter, x: Any, dim0: int, dim1: int) -> Value:
+    value = cx.value(x)
+    perm = list(range(value.type.rank))
+    a, b = dim0 % len(perm), dim1 % len(perm)
+    perm[a], perm[b] = perm[b], perm[a]
+    return _transpose(cx, value, perm)
+
+
+@_converts(aten.expand.default)
+def _expand(cx: FxImporter, x: Any, size: Sequence[int], *, implicit: bool = False) -> Value:
+    value = cx.value(x)
+    if value.shape == cx.out.shape:
+        return value
+    return cx.g.call("expand", value, shape=list(cx.out.shape))
+
+
+@_converts(aten.slice.Tensor)
+def _slice(
+    cx: FxImporter, x: Any, dim: int = 0, start: int | None = None, end: int | None = None, step=1
+) -> Value:
+    """Negative and out-of-range bounds are clamped to the static size, as torch does."""
+    value = cx.value(x)
+    axis = dim % value.type.rank
+    start, end, _ = slice(start, end, step).indices(value.shape[axis])
+    return _slice_axis(cx, value, axis, start, max(start, end), step)
+
+
+@_converts(aten.select.int)
+def _select(cx: FxImporter, x: Any, dim: int, index: int) -> Value:
+    value = cx.value(x)
+    axis = dim % value.type.rank
+    index %= value.shape[axis]
+    return _reshape_to(cx, _slice_axis(cx, value, axis, index, index + 1), cx.out.shape)
+
+
+def _chunks(cx: FxImporter, x: Any, dim: int, sizes: Sequence[int]) -> tuple:
+    value = cx.value(x)
+    axis = dim % value.type.rank
+    starts = [0, *accumulate(sizes)]
+    return tuple(
+        lambda start=start, size=size: _slice_axis(cx, value, axis, start, start + size)
+        for start, size in zip(starts, sizes, strict=False)
+    )
+
+
+@_converts(aten.split_with_sizes.default)
+def _split_with_sizes(cx: FxImporter, x: Any, split_sizes: Sequence[int], dim: int = 0) -> tuple:
+    return _chunks(cx, x, dim, split_sizes)
+
+
+@_converts(aten.split.Tensor)
+def _split(cx: FxImporter, x: Any, split_size: int, dim: int = 0) -> tuple:
+    total = cx.value(x).shape[dim]
+    return _chunks(cx, x, dim, [min(split_size, total - s) for s in range(0, total, split_size)])
+
+
+@_converts(aten.unbind.int)
+def _unbind(cx: FxImporter, x: Any, dim: int = 0) -> tuple:
+    value = cx.value(x)
+    axis = dim % value.type.rank
+
+    def item(index: int) -> Value:
+        return _reshape_to(cx, _slice_axis(cx, value, axis, index, index + 1), cx.out.shape)
+
+    return tuple(lambda i=i: item(i) for i in range(value.shape[axis]))
+
+
+@_converts(aten.cat.default)
+def _cat(cx: FxImporter, tensors: Sequence[Any], dim: int = 0) -> Value:
+    dtype = cx.out.dtype
+    values = [cx.operand(t, dtype) for t in tensors]
+    return values[0] if len(values) == 1 else cx.g.call("concat", *values, axis=dim)
+
+
+@_converts(aten.embedding.default)
+def _embedding(cx: FxImporter, weight: Any, indices: Any, *training_args: Any) -> Value:
+    """Table lookup; padding_idx and the sparse-gradient flags only matter for training."""
+    ids = cx.value(indices)
+    if ids.dtype not in ("i64", "i32"):
+        ids = cx.g.call("cast", ids, dtype="i64")
+    return cx.g.call("embedding", cx.value(weight), ids)
+
+
+# -- reductions and normalisation ---------------------------------------------------------------
+
+
+def _reduce(op: str) -> Converter:
+    def convert(
+        cx: FxImporter, x: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None
+    ) -> Value:
+        value = cx.operand(x, cx.out.dtype)
+        return cx.g.call(op, value, axes=_axes(dim, value.type.rank), keepdim=keepdim)
+
+    return convert
+
+
+_converts(aten.sum.dim_IntList, aten.sum.default)(_reduce("reduce_sum"))
+_converts(aten.mean.dim, aten.mean.default)(_reduce("reduce_mean"))
+_converts(aten.amax.default)(_reduce("reduce_max"))
+
+
+def _correction(cx: FxImporter, correction: Any) -> int:
+    if correction is None:
+        return 1
+    if correction != int(correction):
+        raise cx.unsupported(f"a fractional variance correction ({correction})")
+    return int(correction)
+
+
+@_converts(aten.var.correction)
+def _var(cx: FxImporter, x: Any, dim: Any = None, *, correction: Any = None, keepdim=False):
+    value = cx.operand(x, cx.out.dtype)
+    correction = _correction(cx, correction)
+    axes = _axes(dim, value.type.rank)
+    return cx.g.call("var", value, axes=axes, keepdim=keepdim, correction=correction)
+
+
+@_converts(aten.var_mean.correction)
+def _var_mean(cx: FxImporter, x: Any, dim: Any = None, *, correction: Any = None, keepdim=False):
+    value = cx.value(x)
+    axes = _axes(dim, value.type.rank)
+    correction = _correction(cx, correction)
+    return (
+        lambda: cx.g.call("var", value, axes=axes, keepdim=keepdim, correction=correction),
+        lambda: cx.g.call("reduce_mean", value, axes=axes, keepdim=keepdim),
+    )
+
+
+def _softmax(op: str) -> Converter:
+    def convert(cx: FxImporter, x: Any, dim: int, half_to_float_or_dtype: Any = None) -> Value:
+        return cx.g.call(op, cx.operand(x, cx.out.dtype), axis=dim)
+
+    return convert
+
+
+_converts(aten._softmax.default, aten.softmax.int)(_softmax("softmax"))
+_converts(aten._log_softmax.default, aten.log_softmax.int)(_softmax("log_softmax"))
+
+
+@_converts(aten.native_layer_norm.default)
+def _native_layer_norm(
+    cx: FxImporter, x: Any, normalized_shape: Sequence[int], weight: Any, bias: Any, eps: float
+) -> tuple:
+    """(normalised, mean, rstd); the first through the `layer_norm` decomposition."""
+    value = cx.value(x)
+    axes = list(range(-len(normalized_shape), 0))
+    width = prod(normalized_shape)
+
+    def flat(v: Value) -> Value:
+        return _reshape_to(cx, v, v.shape[: v.type.rank - len(axes)] + (width,))
+
+    def normalized() -> Value:
+        inputs = [flat(value)]
+        if weight is not None:
+            inputs.append(flat(cx.value(weight)))
+            if bias is not None:
+                inputs.append(flat(cx.value(bias)))
+        y = _decomposed(cx, "layer_norm", inputs, eps=eps)
+        if bias is not None and weight is None:
+            y = cx.g.call("add", y, flat(cx.value(bias)))
+        return _reshape_to(cx, y, value.shape)
+
+    def mean() -> Value:
+        return cx.g.call("reduce_mean", value, axes=axes, keepdim=True)
+
+    def rstd() -> Value:
+        var = cx.g.call("var", value, axes=axes, keepdim=True, correction=0)
+        return cx.g.call("rsqrt", cx.g.call("add", var, cx.scalar(eps, value.dtype)))
+
+    return normalized, mean, rstd
+
+
+@_converts(aten.gelu.default)
+def _gelu(cx: FxImporter, x: Any, *, approximate: str = "none") -> Value:
+    return _decomposed(cx, "gelu", [cx.value(x)], approximate=approximate)
+
+
+# -- attention ----------------------------------------------------------------------------------
+
+
+def _attention(
+    cx: FxImporter,
+    query: Any,
+    key: Any,
+    value: Any,
+    mask: Any,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool = False,
+) -> Value:
+    """softmax(q·kᵀ·scale, masked)·v in the form the attention fusion matches.
+
+    A causal mask is a `where` with a tril parameter (top-left aligned, as torch's is_causal);
+    a bool mask keeps scores where true; a float mask is added.
+    """
+    if dropout_p:
+        raise cx.unsupported("attention dropout; call model.eval() before tracing")
+    g = cx.g
+    dtype = cx.out.dtype
+    q, k, v = (cx.operand(t, dtype) for t in (query, key, value))
+    if enable_gqa and k.type.rank >= 3 and k.shape[-3] != q.shape[-3]:
+        k, v = (_repeat_heads(cx, t, q.shape[-3]) for t in (k, v))
+    rank = k.type.rank
+    k_t = g.call("transpose", k, perm=[*range(rank - 2), rank - 1, rank - 2])
+    scores = g.call("matmul", q, k_t)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = g.call("mul", scores, cx.scalar(scale, dtype))
+    if is_causal:
+        keep = cx.causal_mask(*scores.shape[-2:])
+        scores = g.call("where", keep, scores, cx.scalar(float("-inf"), dtype))
+    if mask is not None:
+        if cx.type_of(mask).dtype == "bool":
+            scores = g.call("where", cx.value(mask), scores, cx.scalar(float("-inf"), dtype))
+        else:
+            scores = g.call("add", scores, cx.operand(mask, dtype))
+    return g.call("matmul", g.call("softmax", scores, axis=-1), v)
+
+
+def _repeat_heads(cx: FxImporter, x: Value, heads: int) -> Value:
+    """Grouped-query attention: each key/value head serves heads/kv_heads query heads."""
+    *batch, kv_heads, seq, width = x.shape
+    grouped = [*batch, kv_heads, heads // kv_heads, seq, width]
+    x = cx.g.call("reshape", x, shape=[*batch, kv_heads, 1, seq, width])
+    x = cx.g.call("expand", x, shape=grouped)
+    return cx.g.call("reshape", x, shape=[*batch, heads, seq, width])
+
+
+@_converts(aten.scaled_dot_product_attention.default)
+def _sdpa(
+    cx: FxImporter,
+    query: Any,
+    key: Any,
+    value: Any,
+    attn_mask: Any = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    *,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Value:
+    return _attention(cx, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+@_converts(aten._scaled_dot_product_flash_attention_for_cpu.default)
+def _sdpa_flash_cpu(
+    cx: FxImporter,
+    query: Any,
+    key: Any,
+    value: Any,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    *,
+    attn_mask: Any = None,
+    scale: float | None = None,
+) -> tuple:
+    """(output, logsumexp): only the output is importable."""
+    return (
+        lambda: _attention(cx, query, key, value, attn_mask, dropout_p, is_causal, scale),
+        None,
+    )
+
+
+@_converts(aten._scaled_dot_product_efficient_attention.default)
+def _sdpa_efficient(
+    cx: FxImporter,
+    query: Any,
+    key: Any,
+    value: Any,
+    attn_bias: Any,
+    compute_log_sumexp: bool,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    *,
+    scale: float | None = None,
+) -> tuple:
+    """(output, logsumexp, philox seed, philox offset): only the output is importable."""
+    return (
+        lambda: _attention(cx, query, key, value, attn_bias, dropout_p, is_causal, scale),
+        None,
+        None,
+        None,
+    )
+
+
+@_converts(aten._scaled_dot_product_attention_math.default)
+def _sdpa_math(
+    cx: FxImporter,
+    query: Any,
+    key: Any,
+    value: Any,
+    attn_mask: Any = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    dropout_mask: Any = None,
+    *,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> tuple:
+    """(output, attention weights): only the output is importable."""
+    return (
+        lambda: _attention(
+            cx, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
+        ),
+        None,
+    )
