@@ -151,7 +151,7 @@ def compile_cmd(
     ops = ", ".join(f"{op} {n}" for op, n in graph.op_counts().items())
     shapes = ", ".join(f"{v.name} {v.type}" for v in graph.inputs)
     console.result(
-        f"{loaded.name}: {graph.num_parameters():,} parameters, weights {loaded.weights}\n"
+        f"{loaded.name}: {loaded.num_parameters():,} parameters, weights {loaded.weights}\n"
         f"inputs: {shapes}\n"
         f"ops: {ops}\n"
         f"artifact: {folder} ({backend}; trace {t_trace:.1f} s, passes {t_passes:.1f} s, "

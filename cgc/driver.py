@@ -26,6 +26,10 @@ class LoadedModel:
     example_inputs: tuple[torch.Tensor, ...]
     weights: str  # a sentence for the user: "random (seed 0)", "checkpoint DIR", "from model.py"
 
+    def num_parameters(self) -> int:
+        """Parameter count of the module (tied weights once)."""
+        return sum(p.numel() for p in self.module.parameters())
+
 
 def load_model(
     spec: str, *, batch: int | None = None, seq_len: int | None = None, seed: int = 0

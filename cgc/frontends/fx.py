@@ -12,10 +12,12 @@ from __future__ import annotations
 import operator
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, InputSpec, OutputKind, OutputSpec
 from torch.fx import Node as FxNode
@@ -87,7 +89,24 @@ def trace(module: torch.nn.Module, example_inputs: tuple, *, name: str | None = 
         example_inputs = (example_inputs,)
     program = _export(module, tuple(example_inputs))
     graph_name = name or re.sub(r"[^A-Za-z0-9_.]", "_", type(module).__name__)
-    return FxImporter(program, module, graph_name).run()
+    graph = FxImporter(program, module, graph_name).run()
+    _name_outputs(graph, program)
+    return graph
+
+
+def _name_outputs(graph: Graph, program: ExportedProgram) -> None:
+    """Name outputs after the model's output structure (`logits` of a dict or HF output;
+    `output` for a bare tensor, `output_0`, `output_1` ... for a tuple), so reports read well."""
+    spec = program.call_spec.out_spec
+    if spec is None or spec.num_leaves != len(graph.outputs):
+        return
+    tree = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
+    paths = [path for path, _ in pytree.tree_flatten_with_path(tree)[0]]
+    for value, path in zip(list(graph.outputs), paths, strict=True):
+        keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", "")))) for k in path]
+        hint = "_".join(keys) if keys and not keys[0].isdigit() else "_".join(["output", *keys])
+        if value.producer is not None and value.name != hint and value not in graph.inputs:
+            graph.rename(value, graph.fresh_name(hint))
 
 
 def _export(module: torch.nn.Module, example_inputs: tuple) -> ExportedProgram:
@@ -96,8 +115,11 @@ def _export(module: torch.nn.Module, example_inputs: tuple) -> ExportedProgram:
     for op in _KEEP_WHOLE:
         del table[op]
     try:
-        program = torch.export.export(module, example_inputs, strict=False)
-        return program.run_decompositions(table)
+        with warnings.catch_warnings():
+            # torch.export's own pytree handling warns about its deprecated LeafSpec; not ours.
+            warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+            program = torch.export.export(module, example_inputs, strict=False)
+            return program.run_decompositions(table)
     except CgcError:
         raise
     except Exception as e:  # torch raises many types; the user needs the first line only

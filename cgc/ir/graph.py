@@ -234,10 +234,6 @@ class Graph:
         for node in self.nodes:
             yield from node.outputs
 
-    def num_parameters(self) -> int:
-        """Number of parameter elements (weights and buffers)."""
-        return sum(v.type.numel for v in self.params.values())
-
     def copy(self) -> Graph:
         """A structural copy sharing weight tensors (weights are immutable by convention)."""
         from cgc.ir.parser import parse
