@@ -181,8 +181,8 @@ graph @TinyBlock(%x: f32[2,3,4]) {{
   %native_layer_norm.rsqrt = rsqrt(%native_layer_norm.add) : f32[2,3,1] #{{{ln}}}
   %native_layer_norm.mul_1 = mul(%native_layer_norm.sub, %native_layer_norm.rsqrt) : f32[2,3,8] #{{{ln}}}
   %native_layer_norm.mul_2 = mul(%native_layer_norm.mul_1, %ln.weight) : f32[2,3,8] #{{{ln}}}
-  %getitem = add(%native_layer_norm.mul_2, %ln.bias) : f32[2,3,8] #{{{ln}}}
-  return %getitem
+  %output = add(%native_layer_norm.mul_2, %ln.bias) : f32[2,3,8] #{{{ln}}}
+  return %output
 }}
 """  # noqa: E501
     assert str(graph) == expected
