@@ -1,0 +1,258 @@
+"""canonicalize: one normal form, so fusion patterns meet each computation written one way."""
+
+from __future__ import annotations
+
+from collections import Counter
+from math import prod
+
+import torch
+
+from cgc.ir import Graph, Node, Value, get_op
+from cgc.ir.printer import format_dict
+from cgc.passes.constants import is_known
+from cgc.passes.manager import Pass, PassContext, PassResult
+from cgc.passes.pattern import Match, Op, Var, apply_patterns, rewrite
+from cgc.passes.registry import register_pass
+
+x = Var("x")
+
+
+def _keeps_type(m: Match) -> bool:
+    """the result has the type of x"""
+    return m["x"].type == m.root.output.type
+
+
+def _is_identity(perm: list[int]) -> bool:
+    """the identity permutation"""
+    return list(perm) == list(range(len(perm)))
+
+
+@rewrite(Op.reshape(x) | Op.expand(x) | Op.cast(x) | Op.slice(x), where=_keeps_type)
+def drop_noop_data_movement(m: Match, g: Graph) -> Value:
+    """reshape / expand / cast / slice of x to x's own type = x"""
+    return m["x"]
+
+
+@rewrite(Op.transpose(x, perm=_is_identity))
+def drop_identity_transpose(m: Match, g: Graph) -> Value:
+    """transpose(x, [0, 1, …]) = x"""
+    return m["x"]
+
+
+@rewrite(Op.reshape(Op.reshape(x)), single_use=False)
+def fold_reshape_reshape(m: Match, g: Graph) -> Value:
+    """reshape(reshape(x, s), t) = reshape(x, t)"""
+    return g.call("reshape", m["x"], shape=list(m.root.output.shape))
+
+
+@rewrite(Op.transpose(Op.transpose(x, name="inner")), single_use=False)
+def fold_transpose_transpose(m: Match, g: Graph) -> Value:
+    """transpose(transpose(x, p), q) = transpose(x, [p[i] for i in q])"""
+    p, q = m["inner"].producer.attrs["perm"], m.root.attrs["perm"]
+    return g.call("transpose", m["x"], perm=[p[i] for i in q])
+
+
+a, b = Var("a"), Var("b")
+
+
+def _batch_flattened(m: Match) -> bool:
+    """a and b share batch dims that are flattened into one and restored around the matmul"""
+    sa, sb, out = m["a"].shape, m["b"].shape, m.root.output.shape
+    batch = sa[:-2]
+    return (
+        len(sa) > 3
+        and sb[:-2] == batch
+        and out[:-2] == batch
+        and m["flat_a"].shape == (prod(batch), *sa[-2:])
+        and m["flat_b"].shape == (prod(batch), *sb[-2:])
+    )
+
+
+@rewrite(
+    Op.reshape(Op.matmul(Op.reshape(a, name="flat_a"), Op.reshape(b, name="flat_b"))),
+    where=_batch_flattened,
+)
+def unflatten_batched_matmul(m: Match, g: Graph) -> Value:
+    """view(view(a, [N, m, k]) · view(b, [N, k, n]), [..., m, n]) = a · b (aten's bmm form)"""
+    return g.call("matmul", m["a"], m["b"])
+
+
+@rewrite((x * 1.0) | (x / 1.0), where=_keeps_type)
+def drop_mul_one(m: Match, g: Graph) -> Value:
+    """x·1 = x/1 = x"""
+    return m["x"]
+
+
+@rewrite((x + 0.0) | (x - 0.0), where=_keeps_type)
+def drop_add_zero(m: Match, g: Graph) -> Value:
+    """x+0 = x-0 = x"""
+    return m["x"]
+
+
+RULES = [
+    drop_noop_data_movement,
+    drop_identity_transpose,
+    fold_reshape_reshape,
+    fold_transpose_transpose,
+    unflatten_batched_matmul,
+    drop_mul_one,
+    drop_add_zero,
+]
+
+
+@register_pass
+class Canonicalize(Pass):
+    """Fold constants, drop dead code, merge common subexpressions and no-op ops, order operands.
+
+    Runs to a fixpoint:
+    - constant folding: a node whose inputs are constants or parameters with data, all of at
+      most `fold_limit` elements, becomes a `constant` when uniform, else a parameter; a
+      transpose that only feeds `linear` its weight becomes the weight stored transposed
+      (`<weight>.transpose`, any size, meta weights too); other transposes are layouts, kept;
+    - dead-code elimination of unused nodes and parameters;
+    - common-subexpression elimination (same op, inputs and attributes);
+    - the identities in RULES (no-op views, view chains, x·1, x+0, aten's flattened bmm);
+    - commutative operands ordered (computed, parameter, constant): constants come second.
+    """
+
+    name = "canonicalize"
+    fold_limit: int = 1024
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        stats: Counter[str] = Counter()
+        while True:
+            before = stats.total()
+            stats["fold"] += self.fold_constants(graph, ctx)
+            stats["commute"] += order_operands(graph, ctx)
+            stats["cse"] += eliminate_common(graph, ctx)
+            stats.update(apply_patterns(graph, RULES, ctx))
+            dead_nodes, dead_params = eliminate_dead(graph)
+            stats["dead-node"] += dead_nodes
+            stats["dead-param"] += dead_params
+            if stats.total() == before:
+                return PassResult.of(dict(stats))
+
+    def fold_constants(self, graph: Graph, ctx: PassContext) -> int:
+        """Evaluate small nodes whose inputs are all known; how many were folded."""
+        folded = 0
+        for node in list(graph.nodes):
+            if not self._foldable(graph, node) or not ctx.allow_rewrite():
+                continue
+            _fold(graph, node)
+            folded += 1
+        return folded
+
+    def _foldable(self, graph: Graph, node: Node) -> bool:
+        if node.op == "constant" or len(node.outputs) != 1 or not node.inputs:
+            return False
+        if get_op(node.op).category != "primitive":
+            return False
+        if node.op == "transpose":
+            # A layout change, not a computation: the consumer decides the layout, not the size.
+            return _is_linear_weight_layout(graph, node)
+        return node.output.type.numel <= self.fold_limit and all(
+            is_known(graph, v) and v.type.numel <= self.fold_limit for v in node.inputs
+        )
+
+
+def _is_linear_weight_layout(graph: Graph, node: Node) -> bool:
+    """A transpose of a weight (with real or meta data) used only to feed `linear` its weight.
+
+    Storing the weight transposed costs no memory, since the original goes away, and gives
+    backends the [out, in] layout `linear` expects (HF Conv1D weights are [in, out]).
+    """
+    w, out = node.inputs[0], node.outputs[0]
+    return (
+        node.op == "transpose"
+        and graph.params.get(w.name) is w
+        and w.name in graph.weights
+        and w.users == [node]
+        and bool(out.users)
+        and all(
+            u.op == "linear" and u.inputs[1] is out and u.inputs.count(out) == 1 for u in out.users
+        )
+    )
+
+
+def _fold(graph: Graph, node: Node) -> None:
+    """Replace `node` by its value: a filled `constant` when uniform, else a new parameter.
+
+    A parameter made from exactly one other parameter is named after it (`w.transpose`), so
+    folded weights keep their provenance; otherwise the result takes the folded value's name.
+    """
+    args = [_known_data(graph, v) for v in node.inputs]
+    with torch.no_grad():
+        data = get_op(node.op).impl(*args, **node.attrs)
+    out = node.output
+    flat = data.reshape(-1)
+    with graph.inserting_before(node, node.meta):
+        if not data.is_meta and flat.numel() and bool((flat == flat[0]).all()):
+            attrs = {"value": flat[0].item(), "dtype": out.dtype, "shape": list(out.shape)}
+            new = graph.add_node("constant", [], attrs).output
+        else:
+            # A copy, not a view: a view would pin (and share storage with) the source weight.
+            data = data.clone(memory_format=torch.contiguous_format)
+            new = graph.add_param(graph.fresh_name(out.name), out.type, data)
+    params = [v.name for v in node.inputs if v.producer is None]
+    name = f"{params[0]}.{node.op}" if len(params) == 1 and new.producer is None else out.name
+    graph.replace_all_uses(out, new)
+    graph.erase_node(node)
+    graph.rename(new, graph.fresh_name(name))
+
+
+def _known_data(graph: Graph, value: Value) -> torch.Tensor:
+    node = value.producer
+    if node is None:
+        return graph.weights[value.name]
+    return get_op("constant").impl(**node.attrs)
+
+
+def _operand_rank(graph: Graph, value: Value) -> int:
+    if value.producer is not None:
+        return 2 if value.producer.op == "constant" else 0
+    return 1 if graph.params.get(value.name) is value else 0
+
+
+def order_operands(graph: Graph, ctx: PassContext) -> int:
+    """Put commutative operands in (computed, parameter, constant) order; how many swapped."""
+    swapped = 0
+    for node in graph.nodes:
+        if not get_op(node.op).commutative or len(node.inputs) != 2:
+            continue
+        a, b = node.inputs
+        if _operand_rank(graph, a) > _operand_rank(graph, b) and ctx.allow_rewrite():
+            node.inputs = [b, a]
+            swapped += 1
+    return swapped
+
+
+def eliminate_common(graph: Graph, ctx: PassContext) -> int:
+    """Merge nodes with the same op, inputs and attributes into the first; how many merged."""
+    seen: dict[tuple, Node] = {}
+    merged = 0
+    for node in list(graph.nodes):
+        key = (node.op, tuple(id(v) for v in node.inputs), format_dict(node.attrs))
+        first = seen.setdefault(key, node)
+        if first is node or not ctx.allow_rewrite():
+            continue
+        for old, new in zip(node.outputs, first.outputs, strict=True):
+            graph.replace_all_uses(old, new)
+        graph.erase_node(node)
+        merged += 1
+    return merged
+
+
+def eliminate_dead(graph: Graph) -> tuple[int, int]:
+    """Erase nodes and parameters nothing uses; (nodes, parameters) removed."""
+    outputs = {id(v) for v in graph.outputs}
+    nodes = 0
+    for node in reversed(list(graph.nodes)):
+        if all(not v.users and id(v) not in outputs for v in node.outputs):
+            graph.erase_node(node)
+            nodes += 1
+    params = 0
+    for name, v in list(graph.params.items()):
+        if not v.users and id(v) not in outputs:
+            graph.remove_param(name)
+            params += 1
+    return nodes, params

@@ -1,0 +1,264 @@
+"""fuse-attention: every scaled-dot-product form becomes one attention op, or says why not."""
+
+import math
+
+import pytest
+import torch
+
+from cgc.ir import Graph, TensorType, parse
+from cgc.passes import explain
+from cgc.passes.fuse_attention import attention_rule
+
+B, T, E, H = 2, 6, 8, 2
+D = E // H
+F32 = f"f32[{B},{T},{E}]"
+
+
+def tril(n: int = T) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.bool).tril()
+
+
+def hand_written(
+    *,
+    q_scale: tuple[str, float] | None = None,
+    k_scale: tuple[str, float] | None = None,
+    scale: tuple[str, float] | None = ("mul", 0.5),
+    k_two_transposes: bool = False,
+    mask: str | None = None,
+    mask_data: torch.Tensor | None = None,
+    fill: float = float("-inf"),
+    kv_heads: int = H,
+    return_probs: bool = False,
+) -> Graph:
+    """Attention as models write it; `mask` is None, "add", "keep", "drop" or "drop-sliced"."""
+    g = Graph("attn")
+    q, k, v = (g.add_input(n, TensorType((B, T, E), "f32")) for n in "qkv")
+
+    def scaled(x, how):
+        return x if how is None else g.call(how[0], x, g.constant(how[1]))
+
+    def heads(x, n=H):
+        x = g.call("reshape", x, shape=[B, T, n, x.shape[-1] // n])
+        return g.call("transpose", x, perm=[0, 2, 1, 3])
+
+    if kv_heads != H:
+        k = g.call("slice", k, axis=2, start=0, end=kv_heads * D)
+    qh = heads(scaled(q, q_scale))
+    if k_two_transposes:
+        kt = g.call("transpose", heads(k, kv_heads), perm=[0, 1, 3, 2])
+    else:
+        kt = g.call("transpose", g.call("reshape", k, shape=[B, T, kv_heads, D]), perm=[0, 2, 3, 1])
+    s = scaled(g.call("matmul", qh, scaled(kt, k_scale)), scale)
+    if mask == "add":
+        m = g.add_param("bias", TensorType((1, 1, T, T), "f32"), mask_data)
+        s = g.call("add", s, g.call("expand", m, shape=[B, 1, T, T]))
+    elif mask == "keep":
+        keep = g.add_param("keep", TensorType((T, T), "bool"), mask_data)
+        s = g.call("where", keep, s, g.constant(fill))
+    elif mask in ("drop", "drop-sliced"):
+        n = 2 * T if mask == "drop-sliced" else T
+        buf = g.add_param("tril", TensorType((n, n), "bool"), mask_data)
+        if mask == "drop-sliced":
+            buf = g.call(
+                "slice", g.call("slice", buf, axis=0, start=0, end=T), axis=1, start=0, end=T
+            )
+        s = g.call("where", g.call("logical_not", buf), g.constant(fill), s)
+    probs = g.call("softmax", s, axis=-1)
+    out = g.call("matmul", probs, heads(v))
+    out = g.call("reshape", g.call("transpose", out, perm=[0, 2, 1, 3]), shape=[B, T, E])
+    g.outputs = [out, probs] if return_probs else [out]
+    return g
+
+
+def fused_attention(g: Graph):
+    (node,) = [n for n in g.nodes if n.op == "attention"]
+    return [v.name for v in node.inputs], node.attrs
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_registry_decomposition_fuses(decomposed, run_pipeline, same_numerics, causal) -> None:
+    g = decomposed(
+        "attention", {"q": F32, "k": F32, "v": F32}, num_heads=H, causal=causal, scale=0.35
+    )
+    assert str(run_pipeline(g.copy(), "fuse-attention,canonicalize")) == (
+        f"graph @g(%q: {F32}, %k: {F32}, %v: {F32}) {{\n"
+        f"  %attention = attention(%q, %k, %v) {{causal={str(causal).lower()}, num_heads=2, "
+        f"scale=0.35}} : {F32}\n"
+        "  return %attention\n}\n"
+    )
+    same_numerics(g, "fuse-attention")
+
+
+def test_registry_decomposition_with_an_additive_mask_keeps_it(decomposed, same_numerics) -> None:
+    g = decomposed(
+        "attention",
+        {"q": F32, "k": F32, "v": F32},
+        {"mask": f"f32[{T},{T}]"},
+        num_heads=H,
+        causal=True,
+        scale=0.5,
+    )
+    same_numerics(g, "fuse-attention,canonicalize")
+    assert fused_attention(g) == (
+        ["q", "k", "v", "mask"],
+        {"num_heads": 2, "causal": True, "scale": 0.5},
+    )
+    assert g.op_counts() == {"attention": 1}
+
+
+HF_EAGER = f"""\
+graph @attn(%q: {F32}, %k: {F32}, %v: {F32}) {{
+  param %bias: f32[1,1,6,6]
+  %vq = reshape(%q) {{shape=[2, 6, 2, 4]}} : f32[2,6,2,4] #{{scope="h.0.attn", source="gpt2.py:1"}}
+  %qh = transpose(%vq) {{perm=[0, 2, 1, 3]}} : f32[2,2,6,4]
+  %vk = reshape(%k) {{shape=[2, 6, 2, 4]}} : f32[2,6,2,4]
+  %kh = transpose(%vk) {{perm=[0, 2, 1, 3]}} : f32[2,2,6,4]
+  %kt = transpose(%kh) {{perm=[0, 1, 3, 2]}} : f32[2,2,4,6]
+  %fq = reshape(%qh) {{shape=[4, 6, 4]}} : f32[4,6,4]
+  %fk = reshape(%kt) {{shape=[4, 4, 6]}} : f32[4,4,6]
+  %bmm = matmul(%fq, %fk) : f32[4,6,6]
+  %scores = reshape(%bmm) {{shape=[2, 2, 6, 6]}} : f32[2,2,6,6]
+  %c = constant() {{dtype="f32", shape=[], value=0.5}} : f32[]
+  %scaled = mul(%scores, %c) : f32[2,2,6,6]
+  %mask = expand(%bias) {{shape=[2, 1, 6, 6]}} : f32[2,1,6,6]
+  %masked = add(%scaled, %mask) : f32[2,2,6,6]
+  %p = softmax(%masked) {{axis=-1}} : f32[2,2,6,6] #{{scope="h.0.attn", source="gpt2.py:5"}}
+  %same = cast(%p) {{dtype="f32"}} : f32[2,2,6,6]
+  %vv = reshape(%v) {{shape=[2, 6, 2, 4]}} : f32[2,6,2,4]
+  %vh = transpose(%vv) {{perm=[0, 2, 1, 3]}} : f32[2,2,6,4]
+  %o = matmul(%same, %vh) : f32[2,2,6,4]
+  %ot = transpose(%o) {{perm=[0, 2, 1, 3]}} : f32[2,6,2,4]
+  %out = reshape(%ot) {{shape=[2, 6, 8]}} : f32[2,6,8] #{{scope="h.0.attn", source="gpt2.py:9"}}
+  %flat = reshape(%out) {{shape=[12, 8]}} : f32[12,8] #{{scope="h.0.attn.c_proj", source="c.py:2"}}
+  return %flat
+}}
+"""
+
+
+def hf_causal_bias() -> torch.Tensor:
+    return torch.where(tril(), 0.0, torch.finfo(torch.float32).min).reshape(1, 1, T, T)
+
+
+def test_hugging_face_eager_form_fuses(run_pipeline, same_numerics) -> None:
+    g = parse(HF_EAGER)
+    g.weights["bias"] = hf_causal_bias()
+    assert str(run_pipeline(g, "canonicalize,fuse-attention,canonicalize")) == (
+        f"graph @attn(%q: {F32}, %k: {F32}, %v: {F32}) {{\n"
+        "  %attention = attention(%q, %k, %v) {causal=true, num_heads=2, scale=0.5} : "
+        f'{F32} #{{scope="h.0.attn", source="gpt2.py:5"}}\n'
+        "  %reshape_1 = reshape(%attention) {shape=[12, 8]} : f32[12,8] "
+        '#{scope="h.0.attn.c_proj", source="c.py:2"}\n'
+        "  return %reshape_1\n}\n"
+    )
+    g = parse(HF_EAGER)
+    g.weights["bias"] = hf_causal_bias()
+    same_numerics(g, "canonicalize,fuse-attention")
+
+
+VARIANTS = {
+    "masked_fill of ~tril": dict(mask="drop", mask_data=tril()),
+    "masked_fill of a sliced buffer": dict(mask="drop-sliced", mask_data=tril(2 * T)),
+    "where(tril, s, -1e9)": dict(mask="keep", mask_data=tril(), fill=-1e9),
+    "k transposed twice": dict(k_two_transposes=True, mask="keep", mask_data=tril()),
+    "additive causal bias": dict(mask="add", mask_data=hf_causal_bias()),
+    "no mask": dict(),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_mask_forms_fuse(same_numerics, variant) -> None:
+    g = same_numerics(hand_written(**VARIANTS[variant]), "fuse-attention,canonicalize")
+    causal = variant != "no mask"
+    assert fused_attention(g) == (
+        ["q", "k", "v"],
+        {"num_heads": 2, "causal": causal, "scale": 0.5},
+    )
+    assert g.op_counts() == {"attention": 1}
+
+
+SCALES = {
+    "div by sqrt(d)": (dict(scale=("div", 2.0)), 0.5),
+    "muP 1/d": (dict(scale=("mul", 1 / D)), 0.25),
+    "q and kᵀ scaled": (dict(q_scale=("mul", 0.5), k_scale=("div", 4.0), scale=None), 0.125),
+    "q scaled and scores divided": (dict(q_scale=("mul", 3.0), scale=("div", 2.0)), 1.5),
+    "unscaled": (dict(scale=None), 1.0),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(SCALES))
+def test_scale_is_the_product_of_every_factor(same_numerics, variant) -> None:
+    kwargs, scale = SCALES[variant]
+    g = same_numerics(hand_written(mask="drop", mask_data=tril(), **kwargs), "fuse-attention")
+    assert fused_attention(g)[1]["scale"] == pytest.approx(scale, rel=1e-7)
+
+
+def root(g: Graph):
+    return next(n for n in reversed(g.nodes) if n.op == "reshape")
+
+
+NOT_FUSED = {
+    "non-causal where mask": (
+        dict(mask="keep", mask_data=tril().T.contiguous()),
+        "at %reshape_3: constraint failed: the where-mask keeps exactly the causal lower triangle",
+    ),
+    "meta mask": (
+        dict(mask="drop", mask_data=torch.empty(T, T, dtype=torch.bool, device="meta")),
+        "at %reshape_3: constraint failed: the where-mask is known at compile time "
+        "(a meta or input-made mask cannot be checked)",
+    ),
+    "fill not negative enough": (
+        dict(mask="keep", mask_data=tril(), fill=-100.0),
+        "at %constant_1: expected constant: a mask fill at or below -10000, found -100.0",
+    ),
+    "attention weights returned": (
+        dict(mask="keep", mask_data=tril(), return_probs=True),
+        "at %softmax: also used outside the match, by the graph outputs",
+    ),
+    "multi-query k": (
+        dict(kv_heads=1),
+        "at %reshape_3: constraint failed: q, k and v split into the same batch and number of "
+        "heads",
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(NOT_FUSED))
+def test_what_does_not_fuse_says_why(run_pipeline, variant) -> None:
+    kwargs, why = NOT_FUSED[variant]
+    g = hand_written(**kwargs)
+    text = str(g)
+    assert explain(attention_rule(), root(g), g) == why
+    assert str(run_pipeline(g, "fuse-attention")) == text
+
+
+def test_the_fill_threshold_is_an_option(run_pipeline) -> None:
+    g = hand_written(mask="keep", mask_data=tril(), fill=-100.0)
+    run_pipeline(g, "fuse-attention{large-negative=-50}")
+    assert g.op_counts()["attention"] == 1
+
+
+def test_a_non_causal_additive_mask_becomes_the_mask_operand(same_numerics) -> None:
+    data = torch.randn(1, 1, T, T)
+    g = same_numerics(hand_written(mask="add", mask_data=data), "fuse-attention,canonicalize")
+    assert fused_attention(g) == (
+        ["q", "k", "v", "bias.expand"],
+        {"num_heads": 2, "causal": False, "scale": 0.5},
+    )
+
+
+def test_a_meta_additive_mask_becomes_the_mask_operand(run_pipeline) -> None:
+    meta = torch.empty(1, 1, T, T, device="meta")
+    g = run_pipeline(hand_written(mask="add", mask_data=meta), "fuse-attention")
+    assert fused_attention(g) == (
+        ["q", "k", "v", "expand"],
+        {"num_heads": 2, "causal": False, "scale": 0.5},
+    )
+
+
+def test_a_head_split_from_another_shape_is_reshaped_first(rewrite_text, same_numerics) -> None:
+    g = parse(HF_EAGER.replace("(%q: f32[2,6,8]", "(%q: f32[12,8]"))
+    g.weights["bias"] = hf_causal_bias()
+    g = same_numerics(g, "canonicalize,fuse-attention,canonicalize")
+    assert [n.op for n in g.nodes] == ["reshape", "attention", "reshape"]
+    assert g.nodes[0].output.shape == (B, T, E) and g.nodes[0].inputs[0].name == "q"
+    assert math.isclose(g.nodes[1].attrs["scale"], 0.5)

@@ -1,0 +1,131 @@
+"""The `cgc` command line: results, exit codes and one-line errors for bad input."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from cgc.cli import main
+
+TINY_MODEL = """\
+import torch
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return torch.nn.functional.gelu(self.fc(x))
+
+
+def get_model():
+    torch.manual_seed(0)
+    return Tiny(), (torch.randn(2, 8),)
+"""
+
+
+def cgc(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def one_error_line(result, code: int = 2) -> str:
+    """The error line; progress lines may precede it on stderr, nothing may follow."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
+    return errors[0]
+
+
+def test_models_lists_every_size() -> None:
+    result = cgc("models")
+    assert result.exit_code == 0
+    assert "cerebras-gpt-111m" in result.output
+    assert "cerebras-gpt-13b-mup" in result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("cerebras-gpt-13b "))
+    assert row.split() == ["cerebras-gpt-13b", "40", "5120", "40", "12,853,386,240"]
+
+
+def test_help_explains_model_forms() -> None:
+    result = cgc("compile", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "a Hugging Face GPT-2 checkpoint folder (config.json + model.safetensors)" in text
+    assert "model.py:NAME calls NAME() instead" in text
+
+
+@pytest.mark.parametrize(
+    ("files", "args", "message"),
+    [
+        ({}, ["compile", "missing.py"], "error: missing.py: no such file"),
+        ({}, ["compile", "no/such/dir"], "error: no/such/dir: no such file or folder"),
+        ({}, ["compile", "gpt-17"], "error: unknown model 'gpt-17'; run `cgc models`"),
+        (
+            {"bad.py": "def get_model(:\n"},
+            ["compile", "bad.py"],
+            "error: bad.py:1: syntax error: ",
+        ),
+        ({"empty.py": ""}, ["compile", "empty.py"], "error: empty.py: define get_model()"),
+        (
+            {"m.py": TINY_MODEL},
+            ["compile", "m.py:nothere"],
+            "error: m.py: no function nothere() to call",
+        ),
+        (
+            {"m.py": "raise RuntimeError('boom')\n"},
+            ["compile", "m.py"],
+            "error: m.py: importing it failed: RuntimeError: boom (line 1)",
+        ),
+        (
+            {"m.py": TINY_MODEL},
+            ["compile", "m.py", "--backend", "tpu"],
+            "error: unknown backend 'tpu'; choose from onnxruntime",
+        ),
+        (
+            {"ckpt/config.json": "{not json"},
+            ["compile", "ckpt"],
+            "error: ",
+        ),
+        ({}, ["run", "nowhere"], "error: nowhere: no such artifact folder"),
+        ({"art/x.txt": "hi"}, ["run", "art"], "error: art: not a cgc artifact (no manifest.json)"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, files: dict[str, str], args: list[str], message: str
+) -> None:
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
+        for name, text in files.items():
+            (Path(cwd) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(cwd) / name).write_text(text)
+        result = runner.invoke(main, args)
+        assert not (Path(cwd) / "out").exists()
+    assert one_error_line(result).startswith(message)
+
+
+def test_bad_option_value_is_a_usage_error() -> None:
+    result = cgc("compile", "tiny-111m", "--batch", "0")
+    assert result.exit_code == 2
+    assert "Invalid value for '--batch': must be at least 1, got 0" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_batch_option_rejected_for_python_files(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text(TINY_MODEL)
+    result = cgc("compile", str(tmp_path / "m.py"), "--batch", "2")
+    assert one_error_line(result).startswith("error: --batch and --seq-len apply to built-in")
+
+
+def test_inputs_file_is_checked(tmp_path: Path) -> None:
+    out = tmp_path / "art"
+    assert cgc("compile", "tiny-111m", "--seq-len", "8", "-o", str(out), "-q").exit_code == 0
+    import torch
+
+    save_file({"input_ids": torch.zeros(1, 9, dtype=torch.int64)}, str(tmp_path / "in.st"))
+    result = cgc("run", str(out), "--inputs", str(tmp_path / "in.st"))
+    assert one_error_line(result) == (
+        f"error: {tmp_path / 'in.st'}: input_ids is torch.int64 [1, 9], expected i64[1,8]"
+    )
