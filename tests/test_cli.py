@@ -87,22 +87,21 @@ def test_help_explains_model_forms() -> None:
         (
             {"ckpt/config.json": "{not json"},
             ["compile", "ckpt"],
-            "error: ",
+            "error: ckpt/config.json: not valid JSON (",
         ),
         ({}, ["run", "nowhere"], "error: nowhere: no such artifact folder"),
         ({"art/x.txt": "hi"}, ["run", "art"], "error: art: not a cgc artifact (no manifest.json)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
-    tmp_path: Path, files: dict[str, str], args: list[str], message: str
+    tmp_path: Path, monkeypatch, files: dict[str, str], args: list[str], message: str
 ) -> None:
-    runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
-        for name, text in files.items():
-            (Path(cwd) / name).parent.mkdir(parents=True, exist_ok=True)
-            (Path(cwd) / name).write_text(text)
-        result = runner.invoke(main, args)
-        assert not (Path(cwd) / "out").exists()
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text(text)
+    result = cgc(*args)
+    assert not Path("out").exists()
     assert one_error_line(result).startswith(message)
 
 
@@ -129,3 +128,53 @@ def test_inputs_file_is_checked(tmp_path: Path) -> None:
     assert one_error_line(result) == (
         f"error: {tmp_path / 'in.st'}: input_ids is torch.int64 [1, 9], expected i64[1,8]"
     )
+
+
+UNSUPPORTED = """\
+import torch
+
+
+class UsesCumsum(torch.nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, dim=0) * 2
+
+
+model = UsesCumsum()
+example_inputs = (torch.randn(4),)
+"""
+
+
+def test_unsupported_op_names_aten_op_and_line(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("m.py").write_text(UNSUPPORTED)
+    result = cgc("compile", "m.py", "-o", "art")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.py"]
+    assert one_error_line(result).startswith("error: unsupported operation aten.cumsum at m.py:6")
+
+
+def test_compile_run_check_on_a_python_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("m.py").write_text(TINY_MODEL)
+    result = cgc("compile", "m.py", "-o", "art")
+    assert result.exit_code == 0, result.output
+    assert "m: 36 parameters, weights from m.py" in result.stdout
+    assert "ops: gelu 1, linear 1" in result.stdout
+    assert "artifact: art (onnxruntime;" in result.stdout
+    run = cgc("run", "art")
+    assert run.exit_code == 0, run.output
+    assert run.stdout.startswith("output: f32[2,4]  mean ")
+    check = cgc("check", "m.py", "--backends", "onnxruntime")
+    assert check.exit_code == 0, check.output
+    assert "onnxruntime    output" in check.stdout and check.stdout.rstrip().endswith("PASS")
+
+
+def test_check_exits_1_out_of_tolerance() -> None:
+    result = cgc("check", "tiny-111m", "--seq-len", "8", "--atol", "0", "--rtol", "0", "-q")
+    assert result.exit_code == 1
+    assert result.output == ""
+
+
+def test_quiet_compile_prints_nothing(tmp_path: Path) -> None:
+    result = cgc("compile", "tiny-111m", "--seq-len", "4", "-o", str(tmp_path / "a"), "-q")
+    assert result.exit_code == 0 and result.output == ""
+    assert (tmp_path / "a" / "manifest.json").is_file()
