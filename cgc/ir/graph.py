@@ -178,12 +178,19 @@ class Graph:
     # -- editing -------------------------------------------------------------------------------
 
     def replace_all_uses(self, old: Value, new: Value) -> None:
-        """Make every user of `old` (and the graph outputs) use `new` instead."""
+        """Make every user of `old` (and the graph outputs) use `new` instead.
+
+        A graph output keeps its name: `new` takes it over (swapping names with `old`), so
+        outputs read the same before and after any rewrite.
+        """
         for user in old.users:
             user.inputs = [new if v is old else v for v in user.inputs]
             new.users.append(user)
         old.users = []
-        self.outputs = [new if v is old else v for v in self.outputs]
+        if old in self.outputs:
+            if old.producer is not None and new.producer is not None and new not in self.outputs:
+                old.name, new.name = new.name, old.name
+            self.outputs = [new if v is old else v for v in self.outputs]
 
     def set_input(self, node: Node, index: int, new: Value) -> None:
         """Replace one input of `node`, keeping use lists right."""

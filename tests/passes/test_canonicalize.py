@@ -123,8 +123,8 @@ def test_view_chains_fold(rewrite_text) -> None:
         "  %reshape = reshape(%x) {shape=[4, 2]} : f32[4,2]\n"
         "  %t1 = transpose(%reshape) {perm=[1, 0]} : f32[2,4]\n"
         "  %u = reshape(%t1) {shape=[1, 2, 2, 2]} : f32[1,2,2,2]\n"
-        "  %transpose = transpose(%u) {perm=[0, 2, 3, 1]} : f32[1,2,2,2]\n",
-        "%r1, %transpose",
+        "  %t3 = transpose(%u) {perm=[0, 2, 3, 1]} : f32[1,2,2,2]\n",
+        "%r1, %t3",
     )
 
 
@@ -178,8 +178,8 @@ def test_flattened_batched_matmul_becomes_a_matmul(rewrite_text) -> None:
         args="%a: f32[2,3,4,8], %b: f32[2,3,8,5]",
     )
     assert rewrite_text(text, "canonicalize") == body(
-        "  %matmul = matmul(%a, %b) : f32[2,3,4,5]\n",
-        "%matmul",
+        "  %y = matmul(%a, %b) : f32[2,3,4,5]\n",
+        "%y",
         args="%a: f32[2,3,4,8], %b: f32[2,3,8,5]",
     )
 

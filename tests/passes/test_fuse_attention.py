@@ -80,11 +80,12 @@ def test_registry_decomposition_fuses(decomposed, run_pipeline, same_numerics, c
     g = decomposed(
         "attention", {"q": F32, "k": F32, "v": F32}, num_heads=H, causal=causal, scale=0.35
     )
+    (out,) = (v.name for v in g.outputs)
     assert str(run_pipeline(g.copy(), "fuse-attention,canonicalize")) == (
         f"graph @g(%q: {F32}, %k: {F32}, %v: {F32}) {{\n"
-        f"  %attention = attention(%q, %k, %v) {{causal={str(causal).lower()}, num_heads=2, "
+        f"  %{out} = attention(%q, %k, %v) {{causal={str(causal).lower()}, num_heads=2, "
         f"scale=0.35}} : {F32}\n"
-        "  return %attention\n}\n"
+        f"  return %{out}\n}}\n"
     )
     same_numerics(g, "fuse-attention")
 
@@ -146,9 +147,9 @@ def test_hugging_face_eager_form_fuses(run_pipeline, same_numerics) -> None:
         f"graph @attn(%q: {F32}, %k: {F32}, %v: {F32}) {{\n"
         "  %attention = attention(%q, %k, %v) {causal=true, num_heads=2, scale=0.5} : "
         f'{F32} #{{scope="h.0.attn", source="gpt2.py:5"}}\n'
-        "  %reshape_1 = reshape(%attention) {shape=[12, 8]} : f32[12,8] "
+        "  %flat = reshape(%attention) {shape=[12, 8]} : f32[12,8] "
         '#{scope="h.0.attn.c_proj", source="c.py:2"}\n'
-        "  return %reshape_1\n}\n"
+        "  return %flat\n}\n"
     )
     g = parse(HF_EAGER)
     g.weights["bias"] = hf_causal_bias()

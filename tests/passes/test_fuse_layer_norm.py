@@ -20,10 +20,11 @@ X = "f32[2,4,8]"
 def test_registry_decomposition_fuses(decomposed, rewrite_text, params, fused) -> None:
     g = decomposed("layer_norm", {"x": X}, params, eps=1e-5)
     decls = "".join(f"  param %{n}: {t}\n" for n, t in params.items())
+    (out,) = (v.name for v in g.outputs)
     assert rewrite_text(str(g), "fuse-layer-norm") == (
         f"graph @g(%x: {X}) {{\n{decls}"
-        f"  %layer_norm = {fused} {{eps=1e-05}} : {X}\n"
-        "  return %layer_norm\n}\n"
+        f"  %{out} = {fused} {{eps=1e-05}} : {X}\n"
+        f"  return %{out}\n}}\n"
     )
 
 
@@ -73,8 +74,8 @@ def hand_written(variance: str, normalization: str, axes: str = "-1") -> str:
 
 FUSED = (
     "graph @g(%x: f32[2,4,8]) {\n  param %w: f32[8]\n  param %b: f32[8]\n"
-    "  %layer_norm = layer_norm(%x, %w, %b) {eps=1e-06} : f32[2,4,8]\n"
-    "  return %layer_norm\n}\n"
+    "  %z = layer_norm(%x, %w, %b) {eps=1e-06} : f32[2,4,8]\n"
+    "  return %z\n}\n"
 )
 
 

@@ -13,10 +13,11 @@ def test_registry_decomposition_fuses(decomposed, rewrite_text, same_numerics, b
     params = {"w": "f32[6,8]", "b": "f32[6]"} if bias else {"w": "f32[6,8]"}
     g = decomposed("linear", {"x": "f32[2,4,8]"}, params)
     operands = "%x, %w, %b" if bias else "%x, %w"
+    (out,) = (v.name for v in g.outputs)
     assert rewrite_text(str(g), "fuse-linear") == (
         "graph @g(%x: f32[2,4,8]) {\n"
         + "".join(f"  param %{n}: {t}\n" for n, t in params.items())
-        + f"  %linear = linear({operands}) : f32[2,4,6]\n  return %linear\n}}\n"
+        + f"  %{out} = linear({operands}) : f32[2,4,6]\n  return %{out}\n}}\n"
     )
     same_numerics(g, "fuse-linear")
 
@@ -29,7 +30,7 @@ ADDMM = (
     "  %y = reshape(%addmm) {shape=[2, 4, 6]} : f32[2,4,6]\n"
     "  return %y\n}\n"
 )
-FUSED = HEAD + "  %linear = linear(%x, %w, %b) : f32[2,4,6]\n  return %linear\n}\n"
+FUSED = HEAD + "  %y = linear(%x, %w, %b) : f32[2,4,6]\n  return %y\n}\n"
 
 
 def test_addmm_flatten_and_unflatten_are_absorbed(rewrite_text, same_numerics) -> None:
@@ -51,8 +52,8 @@ def test_in_out_weights_fuse_through_a_transpose(rewrite_text, run_pipeline, sam
     assert rewrite_text(CONV1D, "fuse-linear") == (
         "graph @g(%x: f32[2,4,8]) {\n  param %w: f32[8,6]\n  param %b: f32[6]\n"
         "  %transpose = transpose(%w) {perm=[1, 0]} : f32[6,8]\n"
-        "  %linear = linear(%x, %transpose, %b) : f32[2,4,6]\n"
-        "  return %linear\n}\n"
+        "  %y = linear(%x, %transpose, %b) : f32[2,4,6]\n"
+        "  return %y\n}\n"
     )
     g = parse(CONV1D)
     w = torch.randn(8, 6)
@@ -60,8 +61,8 @@ def test_in_out_weights_fuse_through_a_transpose(rewrite_text, run_pipeline, sam
     same_numerics(g, "fuse-linear,canonicalize")
     assert str(g) == (
         "graph @g(%x: f32[2,4,8]) {\n  param %b: f32[6]\n  param %w.transpose: f32[6,8]\n"
-        "  %linear = linear(%x, %w.transpose, %b) : f32[2,4,6]\n"
-        "  return %linear\n}\n"
+        "  %y = linear(%x, %w.transpose, %b) : f32[2,4,6]\n"
+        "  return %y\n}\n"
     )
     assert torch.equal(g.weights["w.transpose"], w.T)
     assert rewrite_text(CONV1D, "fuse-linear{in-out-weights=false}") == CONV1D
