@@ -423,6 +423,38 @@ _converts(aten._softmax.default, aten.softmax.int)(_softmax("softmax"))
 _converts(aten._log_softmax.default, aten.log_softmax.int)(_softmax("log_softmax"))
 
 
+@_converts(aten.linear.default)
+def _linear(cx: FxImporter, x: Any, weight: Any, bias: Any = None) -> Value:
+    """x @ wᵀ (+ b) as transpose, matmul and add: the form the linear fusion matches."""
+    dtype = cx.out.dtype
+    w = cx.operand(weight, dtype)
+    y = cx.g.call("matmul", cx.operand(x, dtype), _transpose(cx, w, [1, 0]))
+    return y if bias is None else cx.g.call("add", y, cx.operand(bias, dtype))
+
+
+@_converts(aten.layer_norm.default)
+def _layer_norm(
+    cx: FxImporter,
+    x: Any,
+    normalized_shape: Sequence[int],
+    weight: Any = None,
+    bias: Any = None,
+    eps: float = 1e-5,
+    cudnn_enable: bool = True,
+) -> Value:
+    """The normalised output of native_layer_norm (export keeps layer_norm whole)."""
+    normalized, _, _ = _native_layer_norm(cx, x, normalized_shape, weight, bias, eps)
+    return normalized()
+
+
+@_converts(aten.dropout.default)
+def _dropout(cx: FxImporter, x: Any, p: float, train: bool) -> Value:
+    """Identity: cgc compiles inference graphs (a training-mode dropout is refused)."""
+    if train and p > 0:
+        raise cx.unsupported("random ops cannot be compiled; call model.eval() to drop dropout")
+    return cx.value(x)
+
+
 @_converts(aten.native_layer_norm.default)
 def _native_layer_norm(
     cx: FxImporter, x: Any, normalized_shape: Sequence[int], weight: Any, bias: Any, eps: float

@@ -110,15 +110,23 @@ def _name_outputs(graph: Graph, program: ExportedProgram) -> None:
 
 
 def _export(module: torch.nn.Module, example_inputs: tuple) -> ExportedProgram:
-    """Core-ATen program of `module` (SDPA kept whole); torch failures become one line."""
-    table = torch.export.default_decompositions()
-    for op in _KEEP_WHOLE:
-        del table[op]
+    """ATen program of `module`, decomposed to core ATen (SDPA kept whole) only when it uses an
+    op the importer has no converter for; torch failures become one line.
+
+    Decomposition costs more than the export itself (1.5 s of 2.2 s on the 111M model), and
+    GPT models written the usual way only use ops the importer reads directly.
+    """
     try:
         with warnings.catch_warnings():
             # torch.export's own pytree handling warns about its deprecated LeafSpec; not ours.
             warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
             program = torch.export.export(module, example_inputs, strict=False)
+            if not _needs_decomposition(program):
+                program.graph.eliminate_dead_code()  # unused outputs of multi-output ops
+                return program
+            table = torch.export.default_decompositions()
+            for op in _KEEP_WHOLE:
+                del table[op]
             return program.run_decompositions(table)
     except CgcError:
         raise
@@ -126,6 +134,24 @@ def _export(module: torch.nn.Module, example_inputs: tuple) -> ExportedProgram:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         first = lines[0] if lines else type(e).__name__
         raise ModelError(f"torch.export failed: {first}") from None
+
+
+def _needs_decomposition(program: ExportedProgram) -> bool:
+    """Whether an op without a converter computes on live data (inputs or weights).
+
+    Ops on constants only (ones, tril, arange, ...) fold at import whatever they are.
+    """
+    live: set[FxNode] = set()
+    for node in program.graph.nodes:
+        if node.op == "placeholder":
+            live.add(node)
+        elif node.op == "call_function" and any(a in live for a in node.all_input_nodes):
+            live.add(node)
+            target = node.target
+            if isinstance(target, torch._ops.OpOverload) and target not in CONVERTERS:
+                if target not in _ASSERTIONS:
+                    return True
+    return False
 
 
 def _op_name(target: Any) -> str:
