@@ -1,9 +1,10 @@
 """cgc: a graph compiler toolkit for GPT models.
 
-    graph = cgc.trace(module, example_inputs)          # torch.export -> cgc IR
-    graph = cgc.run_passes(graph, "default")           # fusions
-    artifact = cgc.compile(module, example_inputs, backend="onnxruntime")
-    artifact.save("out/model"); cgc.load("out/model").run(*example_inputs)
+graph = cgc.trace(module, example_inputs)          # torch.export -> cgc IR
+graph = cgc.load_onnx("model.onnx")                # or an ONNX file -> cgc IR
+graph = cgc.run_passes(graph, "default")           # fusions
+artifact = cgc.compile(module, example_inputs, backend="onnxruntime")
+artifact.save("out/model"); cgc.load("out/model").run(*example_inputs)
 """
 
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from cgc.errors import CgcError
 
 # The API lives in cgc.driver, imported on first use so `cgc --help` does not wait for torch.
-_DRIVER_API = ("trace", "run_passes", "compile", "load")
+_DRIVER_API = ("trace", "load_onnx", "run_passes", "compile", "load")
 
 __all__ = ["CgcError", *_DRIVER_API]
 

@@ -1,10 +1,11 @@
-"""`cgc check`: run eager PyTorch, the IR interpreter and backends on the same inputs and
-compare every output with eager."""
+"""`cgc check`: run the reference (eager PyTorch, or ONNX Runtime on an .onnx file), the IR
+interpreter and backends on the same inputs and compare every output with the reference."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -20,6 +21,7 @@ class CheckReport:
 
     model: str
     description: str
+    reference: str
     rtol: float
     atol: float
     results: dict[str, list[Comparison]] = field(default_factory=dict)
@@ -31,7 +33,7 @@ class CheckReport:
     def text(self) -> str:
         lines = [
             f"{self.model}: {self.description}",
-            "reference: eager PyTorch; "
+            f"reference: {self.reference}; "
             f"tolerance |got - ref| <= {self.atol:g} + {self.rtol:g}·|ref|",
             f"{'target':<14} {'output':<12} {'max abs':>10} {'max rel':>10}  [at]         status",
         ]
@@ -60,32 +62,64 @@ def check_model(
     batch: int | None = None,
     seq_len: int | None = None,
     seed: int = 0,
+    input_shapes: dict[str, list[int]] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> CheckReport:
-    """Compare the IR interpreter and each backend with eager PyTorch on MODEL."""
+    """Compare the IR interpreter and each backend with the reference on MODEL.
+
+    The reference is eager PyTorch, or ONNX Runtime running the original file for an .onnx MODEL.
+    """
     for name in backends:
         driver.get_backend(name)  # unknown names fail before the long steps
+    if driver.is_onnx(spec):
+        name, graph, inputs, reference, ref = _onnx_reference(spec, input_shapes, seed, progress)
+        weights = f"from {Path(spec).name}"
+    else:
+        name, graph, inputs, weights, ref = _eager_reference(spec, batch, seq_len, seed, progress)
+        reference = "eager PyTorch"
+    graph = driver.run_passes(graph, pipeline)
+    shapes = ", ".join(f"{list(t.shape)}" for t in inputs)
+    report = CheckReport(name, f"inputs {shapes}, weights {weights}", reference, rtol, atol)
+    names = [v.name for v in graph.outputs]
+    if len(names) != len(ref):
+        raise CgcError(f"the graph has {len(names)} outputs, the reference gave {len(ref)}")
+    progress("running the IR interpreter ...")
+    got = interpret(graph, *inputs)
+    report.results["interpreter"] = compare_all(names, got, ref, rtol=rtol, atol=atol)
+    for backend in backends:
+        progress(f"compiling and running {backend} ...")
+        artifact = driver.compile_graph(graph, backend, {"model": name, "pipeline": pipeline})
+        got = artifact.run(*inputs)
+        report.results[backend] = compare_all(names, got, ref, rtol=rtol, atol=atol)
+    return report
+
+
+def _eager_reference(spec, batch, seq_len, seed, progress) -> tuple:
     loaded = driver.load_model(spec, batch=batch, seq_len=seq_len, seed=seed)
     if any(p.is_meta for p in loaded.module.parameters()):
         raise ModelError(
             f"{loaded.name} is built on the meta device (no weights); numerics checks need real "
             "weights: use a smaller model or a checkpoint folder"
         )
-    shapes = ", ".join(f"{list(t.shape)}" for t in loaded.example_inputs)
-    report = CheckReport(loaded.name, f"inputs {shapes}, weights {loaded.weights}", rtol, atol)
     progress("running eager PyTorch ...")
     ref = eager_outputs(loaded.module, loaded.example_inputs)
     progress("tracing ...")
-    graph = driver.run_passes(driver.trace(loaded.module, loaded.example_inputs), pipeline)
-    names = [v.name for v in graph.outputs]
-    if len(names) != len(ref):
-        raise CgcError(f"traced graph has {len(names)} outputs, eager gave {len(ref)}")
-    progress("running the IR interpreter ...")
-    got = interpret(graph, *loaded.example_inputs)
-    report.results["interpreter"] = compare_all(names, got, ref, rtol=rtol, atol=atol)
-    for name in backends:
-        progress(f"compiling and running {name} ...")
-        artifact = driver.compile_graph(graph, name, {"model": loaded.name, "pipeline": pipeline})
-        got = artifact.run(*loaded.example_inputs)
-        report.results[name] = compare_all(names, got, ref, rtol=rtol, atol=atol)
-    return report
+    graph = driver.trace(loaded.module, loaded.example_inputs)
+    return loaded.name, graph, loaded.example_inputs, loaded.weights, ref
+
+
+def _onnx_reference(spec, input_shapes, seed, progress) -> tuple:
+    from cgc.backends.onnxruntime import OrtProgram
+
+    progress(f"importing {spec} ...")
+    graph = driver.load_onnx(spec, input_shapes)
+    inputs = driver.example_inputs_for(graph, seed)
+    progress("running the original file in ONNX Runtime ...")
+    try:
+        ref = OrtProgram(spec).run(*inputs)
+    except CgcError:
+        raise
+    except Exception as e:  # ORT refuses some files cgc can read; say so in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{spec}: ONNX Runtime cannot run the original file: {first}") from None
+    return Path(spec).stem, graph, inputs, "ONNX Runtime on the original file", ref

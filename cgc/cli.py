@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from cgc.errors import CgcError
+from cgc.errors import CgcError, InputError
 
 EXIT_MISMATCH = 1
 EXIT_USAGE = 2
@@ -85,9 +85,9 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
 
 MODEL_HELP = (
     "MODEL is a built-in name (see `cgc models`), a Hugging Face GPT-2 checkpoint folder "
-    "(config.json + model.safetensors), or a Python file: model.py exposing get_model() -> "
-    "(module, example_inputs), or module-level `model` and `example_inputs`; model.py:NAME "
-    "calls NAME() instead."
+    "(config.json + model.safetensors), an ONNX file (model.onnx), or a Python file: model.py "
+    "exposing get_model() -> (module, example_inputs), or module-level `model` and "
+    "`example_inputs`; model.py:NAME calls NAME() instead."
 )
 _batch = click.option(
     "--batch", type=int, callback=_positive, help="Batch size of the example inputs [1]."
@@ -96,6 +96,28 @@ _seq_len = click.option(
     "--seq-len", type=int, callback=_positive, help="Sequence length of the example inputs [128]."
 )
 _seed = click.option("--seed", type=int, default=0, show_default=True, help="Weight/input seed.")
+_input_shape = click.option(
+    "--input-shape",
+    multiple=True,
+    metavar="NAME=AxB",
+    help="Fix a dynamic input of an .onnx model, e.g. input_ids=1x128 (repeatable).",
+)
+
+
+def _shapes(specs: tuple[str, ...]) -> dict[str, list[int]] | None:
+    """`("input_ids=1x128",)` -> {"input_ids": [1, 128]}."""
+    shapes = {}
+    for spec in specs:
+        name, _, dims = spec.partition("=")
+        try:
+            shapes[name] = [int(d) for d in dims.split("x")]
+        except ValueError:
+            raise InputError(
+                f"--input-shape {spec!r}: expected NAME=AxB, e.g. input_ids=1x128"
+            ) from None
+        if not name or any(d < 1 for d in shapes[name]):
+            raise InputError(f"--input-shape {spec!r}: expected NAME=AxB with positive sizes")
+    return shapes or None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,6 +140,7 @@ def main() -> None:
 @_batch
 @_seq_len
 @_seed
+@_input_shape
 @click.option("--print-ir", is_flag=True, help="Print the IR after the passes.")
 @_common
 def compile_cmd(
@@ -129,32 +152,44 @@ def compile_cmd(
     batch: int | None,
     seq_len: int | None,
     seed: int,
+    input_shape: tuple[str, ...],
     print_ir: bool,
 ) -> int:
     from cgc import driver
 
     start = time.perf_counter()
     backend_module = driver.get_backend(backend)  # a bad name fails before the long steps
-    loaded = driver.load_model(model, batch=batch, seq_len=seq_len, seed=seed)
-    console.step(f"tracing {loaded.name} ...")
-    graph, t_trace = driver.timed(lambda: driver.trace(loaded.module, loaded.example_inputs))
-    console.detail(f"traced in {t_trace:.2f} s: {len(graph.nodes)} nodes")
+    if driver.is_onnx(model):
+        name, weights = Path(model).stem, f"from {Path(model).name}"
+        frontend = "import"
+        console.step(f"importing {model} ...")
+        graph, t_trace = driver.timed(lambda: driver.load_onnx(model, _shapes(input_shape)))
+        parameters = sum(v.type.numel for v in graph.params.values() if v.type.is_float)
+    else:
+        if input_shape:
+            raise InputError("--input-shape applies to .onnx models; use --batch and --seq-len")
+        loaded = driver.load_model(model, batch=batch, seq_len=seq_len, seed=seed)
+        name, weights, parameters = loaded.name, loaded.weights, loaded.num_parameters()
+        frontend = "trace"
+        console.step(f"tracing {name} ...")
+        graph, t_trace = driver.timed(lambda: driver.trace(loaded.module, loaded.example_inputs))
+    console.detail(f"imported in {t_trace:.2f} s: {len(graph.nodes)} nodes")
     graph, t_passes = driver.timed(lambda: driver.run_passes(graph, pipeline))
     console.detail(f"passes {pipeline!r} in {t_passes:.2f} s")
     if print_ir:
         click.echo(str(graph), nl=False)
-    info = {"model": loaded.name, "pipeline": pipeline, "weights": loaded.weights}
+    info = {"model": name, "pipeline": pipeline, "weights": weights}
     artifact = backend_module.compile(graph, info)
-    folder = output or Path("out") / loaded.name
+    folder = output or Path("out") / name
     console.step(f"writing {folder} ...")
     _, t_save = driver.timed(lambda: artifact.save(folder, progress=console.detail))
     ops = ", ".join(f"{op} {n}" for op, n in graph.op_counts().items())
     shapes = ", ".join(f"{v.name} {v.type}" for v in graph.inputs)
     console.result(
-        f"{loaded.name}: {loaded.num_parameters():,} parameters, weights {loaded.weights}\n"
+        f"{name}: {parameters:,} parameters, weights {weights}\n"
         f"inputs: {shapes}\n"
         f"ops: {ops}\n"
-        f"artifact: {folder} ({backend}; trace {t_trace:.1f} s, passes {t_passes:.1f} s, "
+        f"artifact: {folder} ({backend}; {frontend} {t_trace:.1f} s, passes {t_passes:.1f} s, "
         f"write {t_save:.1f} s, total {time.perf_counter() - start:.1f} s)"
     )
     return 0
@@ -215,6 +250,7 @@ def run_cmd(
 @_batch
 @_seq_len
 @_seed
+@_input_shape
 @_common
 def check_cmd(
     console: Console,
@@ -226,6 +262,7 @@ def check_cmd(
     batch: int | None,
     seq_len: int | None,
     seed: int,
+    input_shape: tuple[str, ...],
 ) -> int:
     from cgc.check import check_model
 
@@ -239,6 +276,7 @@ def check_cmd(
         batch=batch,
         seq_len=seq_len,
         seed=seed,
+        input_shapes=_shapes(input_shape),
         progress=console.step,
     )
     console.result(report.text())

@@ -121,6 +121,29 @@ def trace(module: torch.nn.Module, example_inputs: tuple[Any, ...]) -> Graph:
     return fx_trace(module, tuple(example_inputs))
 
 
+def load_onnx(path: str | Path, input_shapes: dict[str, list[int]] | None = None) -> Graph:
+    """Read an ONNX file into the cgc IR; `input_shapes` fixes dynamic input dimensions."""
+    from cgc.frontends import load_onnx as read
+
+    return read(path, input_shapes=input_shapes)
+
+
+def is_onnx(spec: str) -> bool:
+    """Whether a MODEL argument names an ONNX file."""
+    return spec.endswith(".onnx")
+
+
+def example_inputs_for(graph: Graph, seed: int = 0) -> list[torch.Tensor]:
+    """Seeded inputs for a graph: integer ids stay inside every embedding table they index."""
+    from cgc.io import random_inputs
+
+    inputs = []
+    for i, v in enumerate(graph.inputs):
+        rows = [u.inputs[0].shape[0] for u in v.users if u.op == "embedding" and u.inputs[1] is v]
+        inputs += random_inputs([(v.name, v.type)], seed + i, high=min(rows, default=2))
+    return inputs
+
+
 def run_passes(graph: Graph, pipeline: str) -> Graph:
     """Run a pipeline string such as "canonicalize,fuse-attention" (or "default") on `graph`."""
     from cgc.passes import run_passes as run
