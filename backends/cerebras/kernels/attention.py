@@ -1,0 +1,175 @@
+"""Fused multi-head attention: keys and values resident, queries streaming (flash style).
+
+Lanes (rows x column groups) take (batch, head) pairs; when there are more lanes than pairs,
+a pair's queries are split over several lanes. Along a lane, a chain of `chain` PEs each holds
+one block of `kv_tile` keys and values. The tiling takes the fastest chain up to MAX_CHAIN that
+fits in SRAM, and a longer one only when long sequences need it (merged (m, l, o) triples are
+small, so long chains cost little traffic, but each hop is one more merge to simulate).
+Keys and values enter with their tokens (a causal pipeline stores key t before query t needs
+it); each query is broadcast east along its lane, every PE scores it against its block
+(head_dim FMAC vectors of length kv_tile), takes the block's max m, p = exp(s - m), l = Σp and
+o = p·V (kv_tile FMAC vectors of length value_dim), and the (m, l, o) triples merge from east
+to west (online softmax: rescale by exp(m_i - m)). The west PE divides o by l and emits the
+output. The busiest PE does all of this for every query its lane sees, causal or not: the
+west block holds keys every query needs.
+
+Numerics: scores and the softmax statistics are fp32; p is rounded to the precision before it
+multiplies V (as it would be stored), o accumulates in fp32; the merge runs in chain order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from cgc.backends.cerebras.kernels.base import (
+    MAX_CHAIN,
+    Cost,
+    Kernel,
+    ceil_div,
+    pick_tiling,
+    words,
+)
+from cgc.backends.cerebras.machine import VECTOR_OP_COST
+from cgc.backends.cerebras.precision import BYTES, round_to
+
+
+class Attention(Kernel):
+    """softmax(q·kᵀ·scale + mask)·v per head, keys and values resident along lane chains."""
+
+    def __init__(self, node, machine, precision) -> None:
+        super().__init__(node, machine, precision)
+        q, k, v = self.in_types[:3]
+        self.heads = self.attrs["num_heads"]
+        self.batch, self.q_len, _ = q.shape
+        self.kv_len = k.shape[1]
+        self.head_dim = q.shape[2] // self.heads
+        self.value_dim = v.shape[2] // self.heads
+        self.mask = len(self.in_types) == 4
+        self.weight_slots = (3,) if self.mask else ()
+
+    def _tile(self, rows: int, cols: int) -> dict[str, Any]:
+        """Among chains up to MAX_CHAIN that fit in SRAM, the fewest cycles (`pick_tiling`);
+        else the shortest longer chain that fits; else the least SRAM."""
+        fitting, spilling, long_chain = [], [], None
+        for chain in range(1, min(cols, self.kv_len) + 1):
+            t = self._candidate(rows, cols, chain)
+            if t is None:
+                continue
+            sram = self._sram(t)
+            if sram > self.machine.sram_usable_bytes:
+                spilling.append((sram, chain, t))
+            elif chain <= MAX_CHAIN:
+                fitting.append((self._cost(rows, t).total, sram, chain, t))
+            else:
+                long_chain = t
+                break
+            if chain >= MAX_CHAIN and fitting:
+                break
+        best = long_chain or pick_tiling(fitting, spilling)
+        return {
+            "kernel": "attention",
+            "rows": rows,
+            "cols": cols,
+            "batch": self.batch,
+            "heads": self.heads,
+            "q_len": self.q_len,
+            "kv_len": self.kv_len,
+            "head_dim": self.head_dim,
+            "value_dim": self.value_dim,
+            **best,
+            "reduce": "online softmax merged east to west",
+        }
+
+    def _candidate(self, rows: int, cols: int, chain: int) -> dict[str, int] | None:
+        kv_tile = ceil_div(self.kv_len, chain)
+        if ceil_div(self.kv_len, kv_tile) != chain:
+            return None  # a shorter chain gives the same blocks with more lanes
+        lanes, pairs = rows * (cols // chain), self.batch * self.heads
+        split = min(lanes // pairs, self.q_len) if lanes >= pairs else 1
+        return {
+            "chain": chain,
+            "lanes": lanes,
+            "pairs_per_lane": 1 if lanes >= pairs else ceil_div(pairs, lanes),
+            "query_split": split,
+            "q_tile": ceil_div(self.q_len, split),
+            "kv_tile": kv_tile,
+        }
+
+    def sram_bytes(self, rows: int, cols: int) -> int:
+        """Resident K and V blocks, query buffers, fp32 scores and output, merge buffers."""
+        return self._sram(self.tiling(rows, cols))
+
+    def _sram(self, t: dict[str, Any]) -> int:
+        b = BYTES[self.precision]
+        kv, d, dv = t["kv_tile"], self.head_dim, self.value_dim
+        resident = t["pairs_per_lane"] * kv * (d + dv) * b
+        merge = 2 * (dv + 2) * 4 if t["chain"] > 1 else 0
+        mask = t["q_tile"] * kv * b if self.mask else 0
+        return resident + 2 * d * b + kv * 4 + dv * 4 + merge + mask
+
+    def resident_bytes(self) -> int:
+        """Every key and value of every head."""
+        dims = self.head_dim + self.value_dim
+        return self.batch * self.heads * self.kv_len * dims * BYTES[self.precision]
+
+    def cost(self, rows: int, cols: int) -> Cost:
+        """Per query: scores, block softmax, p·V, merge; K, V and q east, partials west."""
+        return self._cost(rows, self.tiling(rows, cols))
+
+    def _cost(self, rows: int, t: dict[str, Any]) -> Cost:
+        m, p, b = self.machine, self.precision, BYTES[self.precision]
+        kv, d, dv, chain = t["kv_tile"], self.head_dim, self.value_dim, t["chain"]
+        vec_kv, vec_dv = m.vector_cycles(kv, p), m.vector_cycles(dv, p)
+        exp = VECTOR_OP_COST["exp"]
+        softmax = vec_kv * (VECTOR_OP_COST["max"] + VECTOR_OP_COST["add"] + exp + 1)
+        masking = vec_kv * (int(self.attrs["causal"]) + int(self.mask))
+        merge = (2 * vec_dv + 2 * exp + 4) if chain > 1 else 0
+        finish = vec_dv * VECTOR_OP_COST["div"]
+        peak = d * vec_kv + softmax + masking + kv * vec_dv + merge + finish
+        per_query = m.sustained_cycles(peak) + m.task_overhead_cycles
+        queries = t["pairs_per_lane"] * t["q_tile"]
+        compute = queries * per_query
+        east = t["pairs_per_lane"] * (
+            t["q_tile"] * words(d, b) + self.kv_len * (words(d, b) + words(dv, b))
+        )
+        west = queries * ((dv + 2) if chain > 1 else words(dv, b))
+        fabric = max(east, west)
+        latency = m.hop_latency_cycles * (rows + chain) + m.task_overhead_cycles
+        return Cost(compute, fabric, latency, max(compute, fabric) + latency)
+
+    def _execute(self, args, tiling):
+        h, t, s, p = self.heads, self.q_len, self.kv_len, self.precision
+
+        def split_heads(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(self.batch, x.shape[1], h, -1).transpose(1, 2)
+
+        q, k, v = (split_heads(x) for x in args[:3])
+        bias = torch.zeros(t, s)
+        if self.attrs["causal"]:
+            bias = bias.masked_fill(~torch.ones(t, s, dtype=torch.bool).tril(s - t), -torch.inf)
+        if self.mask:
+            bias = bias + args[3]
+        kv = tiling["kv_tile"]
+        partials = []
+        for k0 in range(0, s, kv):
+            scores = (q @ k[..., k0 : k0 + kv, :].transpose(-1, -2)) * self.attrs["scale"]
+            scores = scores + bias[..., k0 : k0 + kv]
+            m = scores.amax(-1, keepdim=True)
+            # A fully masked block keeps m = -inf and contributes p = 0, l = 0, o = 0.
+            probs = torch.exp(scores - torch.where(m == -torch.inf, 0.0, m))
+            o = round_to(probs, p) @ v[..., k0 : k0 + kv, :]
+            partials.append((m, probs.sum(-1, keepdim=True), o))
+        m, total, o = partials[-1]
+        for m_i, total_i, o_i in reversed(partials[:-1]):  # east to west
+            top = torch.maximum(m, m_i)
+            a, a_i = _rescale(m, top), _rescale(m_i, top)
+            m, total, o = top, total * a + total_i * a_i, o * a + o_i * a_i
+        out = (o / total).transpose(1, 2).reshape(self.batch, t, h * self.value_dim)
+        return [round_to(out, p)]
+
+
+def _rescale(m: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """exp(m - top), and 0 for an empty partial (m = -inf, even when top is -inf too)."""
+    return torch.where(m == -torch.inf, 0.0, torch.exp(m - top))
