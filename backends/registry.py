@@ -9,6 +9,7 @@ from types import ModuleType
 from cgc.errors import InputError
 
 BACKENDS: dict[str, str] = {
+    "cerebras": "cgc.backends.cerebras",
     "onnxruntime": "cgc.backends.onnxruntime",
 }
 

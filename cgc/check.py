@@ -1,23 +1,32 @@
 """`cgc check`: run the reference (eager PyTorch, or ONNX Runtime on an .onnx file), the IR
-interpreter and backends on the same inputs and compare every output with the reference."""
+interpreter and backends on the same inputs and compare every output with the reference.
+
+When a target is out of tolerance, a per-node comparison says where it starts: for the
+interpreter, the traced graph against the optimised one (a pass at fault) and, for a backend,
+the interpreter against the backend with every value marked as an output.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from cgc import driver
+from cgc.debug.node_compare import NodeReport, compare_graphs
 from cgc.debug.numerics import Comparison, compare_all
 from cgc.errors import CgcError, ModelError
-from cgc.ir import interpret
+from cgc.ir import Graph, interpret
+
+INTERPRETER = "interpreter"
 
 
 @dataclass
 class CheckReport:
-    """Per target and output: errors against eager PyTorch."""
+    """Per target and output: errors against the reference, and where a mismatch starts."""
 
     model: str
     description: str
@@ -25,23 +34,43 @@ class CheckReport:
     rtol: float
     atol: float
     results: dict[str, list[Comparison]] = field(default_factory=dict)
+    pipeline: str = "default"
+    seconds: dict[str, float] = field(default_factory=dict)  # compile + run, per target
+    nodes: dict[str, NodeReport] = field(default_factory=dict)  # targets out of tolerance
 
     @property
     def ok(self) -> bool:
         return all(c.ok for rows in self.results.values() for c in rows)
 
     def text(self) -> str:
-        lines = [
-            f"{self.model}: {self.description}",
-            f"reference: {self.reference}; "
-            f"tolerance |got - ref| <= {self.atol:g} + {self.rtol:g}·|ref|",
-            f"{'target':<14} {'output':<12} {'max abs':>10} {'max rel':>10}  [at]         status",
-        ]
-        for target, rows in self.results.items():
-            for c in rows:
-                lines.append(f"{target:<14} {c.row():<48} {'ok' if c.ok else 'MISMATCH'}")
-        lines.append("PASS" if self.ok else "FAIL: outputs out of tolerance")
-        return "\n".join(lines)
+        """The table, error percentiles and histograms, per-node reports, then PASS or FAIL."""
+        from cgc.debug.report import render_text
+
+        return render_text(self)
+
+    def json(self) -> str:
+        """The report as JSON (non-finite numbers as the strings "inf", "-inf", "nan")."""
+        from cgc.debug.report import render_json
+
+        return render_json(self)
+
+    def junit(self) -> str:
+        """JUnit XML: one testcase per target and output."""
+        from cgc.debug.report import render_junit
+
+        return render_junit(self)
+
+
+@dataclass
+class Reference:
+    """A model ready to check: its traced graph, inputs, and the reference outputs."""
+
+    name: str
+    graph: Graph
+    inputs: tuple[torch.Tensor, ...]
+    weights: str  # where the weights came from, for the report
+    description: str  # what the reference outputs come from
+    outputs: list[torch.Tensor]
 
 
 def eager_outputs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
@@ -50,6 +79,45 @@ def eager_outputs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> 
         out = module(*inputs)
     leaves, _ = torch.utils._pytree.tree_flatten(out)
     return [t for t in leaves if isinstance(t, torch.Tensor)]
+
+
+def load_reference(
+    spec: str,
+    *,
+    batch: int | None = None,
+    seq_len: int | None = None,
+    seed: int = 0,
+    input_shapes: dict[str, list[int]] | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Reference:
+    """Trace or import MODEL and compute its reference outputs (eager PyTorch, or ONNX Runtime
+    on the original file for an .onnx MODEL)."""
+    if driver.is_onnx(spec):
+        return _onnx_reference(spec, input_shapes, seed, progress)
+    loaded = driver.load_model(spec, batch=batch, seq_len=seq_len, seed=seed)
+    module, inputs = loaded.module, loaded.example_inputs
+    return module_reference(module, inputs, loaded.name, loaded.weights, progress)
+
+
+def module_reference(
+    module: torch.nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    name: str,
+    weights: str,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Reference:
+    """Eager outputs and the traced graph of a module."""
+    inputs = tuple(example_inputs)
+    if any(p.is_meta for p in module.parameters()):
+        raise ModelError(
+            f"{name} is built on the meta device (no weights); numerics checks need real "
+            "weights: use a smaller model or a checkpoint folder"
+        )
+    progress("running eager PyTorch ...")
+    ref = eager_outputs(module, inputs)
+    progress("tracing ...")
+    graph = driver.trace(module, inputs)
+    return Reference(name, graph, inputs, weights, "eager PyTorch", ref)
 
 
 def check_model(
@@ -63,52 +131,75 @@ def check_model(
     seq_len: int | None = None,
     seed: int = 0,
     input_shapes: dict[str, list[int]] | None = None,
+    wafer: dict[str, str] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> CheckReport:
     """Compare the IR interpreter and each backend with the reference on MODEL.
 
-    The reference is eager PyTorch, or ONNX Runtime running the original file for an .onnx MODEL.
+    `wafer` holds the cerebras backend's options (target, precision) when it is checked.
     """
     for name in backends:
         driver.get_backend(name)  # unknown names fail before the long steps
-    if driver.is_onnx(spec):
-        name, graph, inputs, reference, ref = _onnx_reference(spec, input_shapes, seed, progress)
-        weights = f"from {Path(spec).name}"
-    else:
-        name, graph, inputs, weights, ref = _eager_reference(spec, batch, seq_len, seed, progress)
-        reference = "eager PyTorch"
-    graph = driver.run_passes(graph, pipeline)
-    shapes = ", ".join(f"{list(t.shape)}" for t in inputs)
-    report = CheckReport(name, f"inputs {shapes}, weights {weights}", reference, rtol, atol)
+    ref = load_reference(
+        spec, batch=batch, seq_len=seq_len, seed=seed, input_shapes=input_shapes, progress=progress
+    )
+    return check_reference(
+        ref, backends, rtol=rtol, atol=atol, pipeline=pipeline, wafer=wafer, progress=progress
+    )
+
+
+def check_reference(
+    ref: Reference,
+    backends: list[str],
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-4,
+    pipeline: str = "default",
+    wafer: dict[str, str] | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> CheckReport:
+    """Run the pipeline on the reference's graph, then the interpreter and each backend."""
+    traced = ref.graph.copy()
+    graph = driver.run_passes(ref.graph, pipeline)
+    shapes = ", ".join(f"{list(t.shape)}" for t in ref.inputs)
+    report = CheckReport(
+        ref.name,
+        f"inputs {shapes}, weights {ref.weights}",
+        ref.description,
+        rtol,
+        atol,
+        pipeline=pipeline,
+    )
     names = [v.name for v in graph.outputs]
-    if len(names) != len(ref):
-        raise CgcError(f"the graph has {len(names)} outputs, the reference gave {len(ref)}")
-    progress("running the IR interpreter ...")
-    got = interpret(graph, *inputs)
-    report.results["interpreter"] = compare_all(names, got, ref, rtol=rtol, atol=atol)
-    for backend in backends:
-        progress(f"compiling and running {backend} ...")
-        artifact = driver.compile_graph(graph, backend, {"model": name, "pipeline": pipeline})
-        got = artifact.run(*inputs)
-        report.results[backend] = compare_all(names, got, ref, rtol=rtol, atol=atol)
+    if len(names) != len(ref.outputs):
+        raise CgcError(f"the graph has {len(names)} outputs, the reference gave {len(ref.outputs)}")
+    for target in [INTERPRETER, *backends]:
+        if target == INTERPRETER:
+            progress("running the IR interpreter ...")
+        else:
+            progress(f"compiling and running {target} ...")
+        start = time.perf_counter()
+        if target == INTERPRETER:
+            got = interpret(graph, *ref.inputs)
+        else:
+            info = {"model": ref.name, "pipeline": pipeline}
+            options = (wafer or {}) if target == "cerebras" else {}
+            got = driver.compile_graph(graph, target, info, **options).run(*ref.inputs)
+        report.seconds[target] = time.perf_counter() - start
+        report.results[target] = compare_all(names, got, ref.outputs, rtol=rtol, atol=atol)
+        if not all(c.ok for c in report.results[target]):
+            progress(f"per-node comparison for {target} ...")
+            if target == INTERPRETER:
+                nodes = compare_graphs(traced, graph, ref.inputs, rtol=rtol, atol=atol)
+            else:
+                nodes = compare_graphs(
+                    graph, graph, ref.inputs, rtol=rtol, atol=atol, candidate_backend=target
+                )
+            report.nodes[target] = nodes
     return report
 
 
-def _eager_reference(spec, batch, seq_len, seed, progress) -> tuple:
-    loaded = driver.load_model(spec, batch=batch, seq_len=seq_len, seed=seed)
-    if any(p.is_meta for p in loaded.module.parameters()):
-        raise ModelError(
-            f"{loaded.name} is built on the meta device (no weights); numerics checks need real "
-            "weights: use a smaller model or a checkpoint folder"
-        )
-    progress("running eager PyTorch ...")
-    ref = eager_outputs(loaded.module, loaded.example_inputs)
-    progress("tracing ...")
-    graph = driver.trace(loaded.module, loaded.example_inputs)
-    return loaded.name, graph, loaded.example_inputs, loaded.weights, ref
-
-
-def _onnx_reference(spec, input_shapes, seed, progress) -> tuple:
+def _onnx_reference(spec, input_shapes, seed, progress) -> Reference:
     from cgc.backends.onnxruntime import OrtProgram
 
     progress(f"importing {spec} ...")
@@ -122,4 +213,7 @@ def _onnx_reference(spec, input_shapes, seed, progress) -> tuple:
     except Exception as e:  # ORT refuses some files cgc can read; say so in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{spec}: ONNX Runtime cannot run the original file: {first}") from None
-    return Path(spec).stem, graph, inputs, "ONNX Runtime on the original file", ref
+    weights = f"from {Path(spec).name}"
+    return Reference(
+        Path(spec).stem, graph, tuple(inputs), weights, "ONNX Runtime on the original file", ref
+    )

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from cgc.debug.flags import debug_flags
+from cgc.debug.options import DebugOptions
 from cgc.errors import CgcError, InputError
 
 EXIT_MISMATCH = 1
@@ -135,30 +137,58 @@ def main() -> None:
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Artifact folder [out/MODEL]."
 )
-@click.option("--backend", default="onnxruntime", show_default=True, help="Target backend.")
+@click.option(
+    "--backend",
+    default="cerebras",
+    show_default=True,
+    help="Target backend: cerebras (a simulated wafer) or onnxruntime.",
+)
+@click.option("--target", help="Wafer for --backend cerebras: wse2, wse3 or fabric:WxH [wse2].")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "pipelined", "streaming"]),
+    help="Wafer execution mode: layer-pipelined, weight streaming, or auto (pipelined when the "
+    "weights fit) [auto].",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16", "cb16"]),
+    help="Wafer arithmetic precision (fp32 accumulation) [fp32].",
+)
 @click.option("--passes", "pipeline", default="default", show_default=True, help="Pass pipeline.")
 @_batch
 @_seq_len
 @_seed
 @_input_shape
 @click.option("--print-ir", is_flag=True, help="Print the IR after the passes.")
+@debug_flags
 @_common
 def compile_cmd(
     console: Console,
     model: str,
     output: Path | None,
     backend: str,
+    target: str | None,
+    mode: str | None,
+    precision: str | None,
     pipeline: str,
     batch: int | None,
     seq_len: int | None,
     seed: int,
     input_shape: tuple[str, ...],
     print_ir: bool,
+    debug_options: DebugOptions,
 ) -> int:
     from cgc import driver
+    from cgc.debug.instruments import run_instrumented
 
     start = time.perf_counter()
     backend_module = driver.get_backend(backend)  # a bad name fails before the long steps
+    wafer = {"target": target, "mode": mode, "precision": precision}
+    options = {k: v for k, v in wafer.items() if v is not None}
+    if options and backend != "cerebras":
+        given = ", ".join(f"--{k}" for k in options)
+        raise InputError(f"{given} only apply to --backend cerebras, not {backend}")
     if driver.is_onnx(model):
         name, weights = Path(model).stem, f"from {Path(model).name}"
         frontend = "import"
@@ -174,12 +204,12 @@ def compile_cmd(
         console.step(f"tracing {name} ...")
         graph, t_trace = driver.timed(lambda: driver.trace(loaded.module, loaded.example_inputs))
     console.detail(f"imported in {t_trace:.2f} s: {len(graph.nodes)} nodes")
-    graph, t_passes = driver.timed(lambda: driver.run_passes(graph, pipeline))
+    _, t_passes = driver.timed(lambda: run_instrumented(graph, pipeline, debug_options))
     console.detail(f"passes {pipeline!r} in {t_passes:.2f} s")
     if print_ir:
         click.echo(str(graph), nl=False)
     info = {"model": name, "pipeline": pipeline, "weights": weights}
-    artifact = backend_module.compile(graph, info)
+    artifact = backend_module.compile(graph, info, **options)
     folder = output or Path("out") / name
     console.step(f"writing {folder} ...")
     _, t_save = driver.timed(lambda: artifact.save(folder, progress=console.detail))
@@ -192,6 +222,8 @@ def compile_cmd(
         f"artifact: {folder} ({backend}; {frontend} {t_trace:.1f} s, passes {t_passes:.1f} s, "
         f"write {t_save:.1f} s, total {time.perf_counter() - start:.1f} s)"
     )
+    if hasattr(artifact, "summary"):  # a wafer plan
+        console.result(artifact.summary())
     return 0
 
 
@@ -233,6 +265,8 @@ def run_cmd(
             outputs_file, {v.name: t for v, t in zip(art.graph.outputs, outputs, strict=True)}
         )
     console.result(f"ran {artifact} ({art.backend}) in {t_run * 1e3:.1f} ms")
+    if hasattr(art, "run_report"):  # a simulated wafer reports its cycles
+        console.result(art.run_report())
     return 0
 
 
@@ -244,34 +278,68 @@ def run_cmd(
     show_default=True,
     help="Comma-separated backends to check besides the IR interpreter.",
 )
-@click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance.")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance.")
+@click.option(
+    "--rtol", type=float, help="Relative tolerance [1e-4; 32 unit roundoffs for 16-bit wafers]."
+)
+@click.option(
+    "--atol", type=float, help="Absolute tolerance [1e-4; 32 unit roundoffs for 16-bit wafers]."
+)
 @click.option("--passes", "pipeline", default="default", show_default=True, help="Pass pipeline.")
 @_batch
 @_seq_len
 @_seed
 @_input_shape
+@click.option("--target", help="Wafer for the cerebras backend: wse2, wse3 or fabric:WxH [wse2].")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16", "cb16"]),
+    help="Arithmetic precision of the cerebras backend (fp32 accumulation) [fp32].",
+)
+@click.option(
+    "--json", "json_file", type=click.Path(path_type=Path), help="Also write the report as JSON."
+)
+@click.option(
+    "--junit",
+    "junit_file",
+    type=click.Path(path_type=Path),
+    help="Also write JUnit XML: one testcase per target and output.",
+)
 @_common
 def check_cmd(
     console: Console,
     model: str,
     backends: str,
-    rtol: float,
-    atol: float,
+    rtol: float | None,
+    atol: float | None,
     pipeline: str,
     batch: int | None,
     seq_len: int | None,
     seed: int,
     input_shape: tuple[str, ...],
+    target: str | None,
+    precision: str | None,
+    json_file: Path | None,
+    junit_file: Path | None,
 ) -> int:
     from cgc.check import check_model
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
+    wafer = {k: v for k, v in {"target": target, "precision": precision}.items() if v}
+    if wafer and "cerebras" not in names:
+        raise InputError(
+            f"--{', --'.join(wafer)} apply to the cerebras backend; add it to --backends"
+        )
+    default_tol = 1e-4
+    if precision not in (None, "fp32"):
+        from cgc.backends.cerebras import UNIT_ROUNDOFF
+
+        default_tol = 32 * UNIT_ROUNDOFF[precision]  # see README: 16-bit tolerances
     report = check_model(
         model,
         names,
-        rtol=rtol,
-        atol=atol,
+        rtol=default_tol if rtol is None else rtol,
+        atol=default_tol if atol is None else atol,
+        wafer=wafer,
         pipeline=pipeline,
         batch=batch,
         seq_len=seq_len,
@@ -280,7 +348,152 @@ def check_cmd(
         progress=console.step,
     )
     console.result(report.text())
+    from cgc.debug.report import save_report
+
+    if json_file:
+        console.detail(f"wrote {save_report(json_file, report.json())}")
+    if junit_file:
+        console.detail(f"wrote {save_report(junit_file, report.junit())}")
     return 0 if report.ok else EXIT_MISMATCH
+
+
+@main.command("opt")
+@click.argument("file")
+@click.option("--passes", "pipeline", default="", help="Pass pipeline [none: print the IR].")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the IR here [stdout].")
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    help="Parameter data for FILE (.safetensors), as a crash reproducer writes it.",
+)
+@debug_flags
+@_common
+def opt_cmd(
+    console: Console,
+    file: str,
+    pipeline: str,
+    output: Path | None,
+    weights: Path | None,
+    debug_options: DebugOptions,
+) -> int:
+    """Run passes on textual IR (FILE.cgc, or - for stdin) and print the result, like mlir-opt.
+
+    The input is verified first with --verify-each (otherwise it runs as given, so a crash
+    reproducer replays exactly).
+    """
+    from cgc.debug.instruments import run_instrumented
+    from cgc.debug.irfile import read_ir, write_ir
+    from cgc.ir import verify
+
+    graph = read_ir(file, weights)
+    if debug_options.verify_each:
+        verify(graph)
+    run_instrumented(graph, pipeline, debug_options)
+    if output:
+        write_ir(output, graph)
+    else:
+        click.echo(str(graph), nl=False)
+    return 0
+
+
+@main.command(
+    "bisect",
+    help="Find the first pass, then the first rewrite, after which MODEL's outputs leave "
+    "tolerance (like LLVM's -opt-bisect-limit), and compare node by node around it.\n\n"
+    f"{MODEL_HELP} MODEL may also be textual IR (FILE.cgc, with --weights).",
+)
+@click.argument("model")
+@click.option("--passes", "pipeline", default="default", show_default=True, help="Pass pipeline.")
+@click.option("--backend", help="Check the outputs of this backend [the IR interpreter].")
+@click.option(
+    "--reference",
+    type=click.Choice(["eager", "ir"]),
+    help="Compare with eager PyTorch, or with the interpreter on the graph before the passes "
+    "[eager; ir for .cgc files].",
+)
+@click.option("--weights", type=click.Path(path_type=Path), help="Parameter data of a .cgc MODEL.")
+@click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance.")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance.")
+@_batch
+@_seq_len
+@_seed
+@_input_shape
+@_common
+def bisect_cmd(
+    console: Console,
+    model: str,
+    pipeline: str,
+    backend: str | None,
+    reference: str | None,
+    weights: Path | None,
+    rtol: float,
+    atol: float,
+    batch: int | None,
+    seq_len: int | None,
+    seed: int,
+    input_shape: tuple[str, ...],
+) -> int:
+    from cgc.debug.bisect import bisect_model
+
+    result = bisect_model(
+        model,
+        pipeline,
+        rtol=rtol,
+        atol=atol,
+        backend=backend,
+        reference=reference,
+        weights=weights,
+        batch=batch,
+        seq_len=seq_len,
+        seed=seed,
+        input_shapes=_shapes(input_shape),
+        progress=console.step,
+    )
+    console.result(result.text())
+    return 0 if result.ok else EXIT_MISMATCH
+
+
+@main.command(
+    "viz",
+    help="Draw MODEL or FILE.cgc as a graph picture (nodes coloured by fused op, boxed by "
+    "pipeline stage).\n\n" + MODEL_HELP,
+)
+@click.argument("model")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("graph.svg"),
+    show_default=True,
+    help=".svg/.png/.pdf through Graphviz dot (DOT text beside it without dot), or .dot.",
+)
+@click.option("--passes", "pipeline", help="Pass pipeline [default for models; none for .cgc].")
+@_batch
+@_seq_len
+@_seed
+@_input_shape
+@_common
+def viz_cmd(
+    console: Console,
+    model: str,
+    output: Path,
+    pipeline: str | None,
+    batch: int | None,
+    seq_len: int | None,
+    seed: int,
+    input_shape: tuple[str, ...],
+) -> int:
+    from cgc.debug.viz import load_graph, render
+
+    graph = load_graph(
+        model, pipeline, batch=batch, seq_len=seq_len, seed=seed, input_shapes=_shapes(input_shape)
+    )
+    written, fmt = render(graph, output)
+    if written != output:
+        render_it = f"dot -T{output.suffix[1:]} {written} -o {output}"
+        console.step(f"Graphviz dot is not installed; wrote DOT text instead ({render_it})")
+    console.result(f"wrote {written} ({fmt}, {len(graph.nodes)} nodes)")
+    return 0
 
 
 @main.command("models")
@@ -295,4 +508,22 @@ def models_cmd(console: Console) -> int:
         console.result(
             f"{name:<24} {c.n_layer:>6} {c.n_embd:>7} {c.n_head:>5} {c.num_parameters():>15,}"
         )
+    return 0
+
+
+@main.command("passes")
+@_common
+def passes_cmd(console: Console) -> int:
+    """List every pass with its description and options, as written in --passes."""
+    from cgc.passes import DEFAULT_PIPELINE, all_passes
+
+    passes = all_passes()
+    width = max(map(len, passes))
+    for name, cls in passes.items():
+        console.result(f"{name:<{width}}  {cls.description()}")
+        for option in cls.options().values():
+            default = option.default
+            shown = str(default).lower() if isinstance(default, bool) else default
+            console.result(f"{'':<{width}}    {option.spelling}={shown} ({option.type.__name__})")
+    console.result(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
     return 0

@@ -6,11 +6,14 @@ from cgc.passes import (  # noqa: F401  (registration)
     fuse_gelu,
     fuse_layer_norm,
     fuse_linear,
+    fuse_qkv_attention,
+    layer_pipeline,
+    weight_streaming,
 )
 from cgc.passes.manager import Pass, PassContext, PassManager, PassResult, run_passes
 from cgc.passes.pattern import Alt, Const, Match, Op, Rewrite, Var, apply_patterns, explain, rewrite
 from cgc.passes.pipeline import DEFAULT_PIPELINE, parse_pipeline
-from cgc.passes.registry import all_passes, get_pass, register_pass
+from cgc.passes.registry import all_passes, get_pass, register_pass, unregister_pass
 
 __all__ = [
     "DEFAULT_PIPELINE",
@@ -32,4 +35,5 @@ __all__ = [
     "register_pass",
     "rewrite",
     "run_passes",
+    "unregister_pass",
 ]

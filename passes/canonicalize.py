@@ -77,6 +77,36 @@ def unflatten_batched_matmul(m: Match, g: Graph) -> Value:
     return g.call("matmul", m["a"], m["b"])
 
 
+def _batch_split(m: Match) -> int | None:
+    """How many leading axes of x the flatten merges into one, or None if it does not."""
+    xs, flat = m["x"].shape, m["flat"].shape
+    for n in range(2, len(xs)):
+        if flat == (prod(xs[:n]), *xs[n:]):
+            return n
+    return None
+
+
+def _batch_kept(m: Match) -> bool:
+    """x's leading axes are flattened into one that the transpose keeps first, then restored"""
+    n = _batch_split(m)
+    perm, xs = m["t"].producer.attrs["perm"], m["x"].shape
+    rest = xs[n:] if n is not None else ()
+    return (
+        n is not None
+        and perm[0] == 0
+        and m.root.output.shape == (*xs[:n], *(rest[p - 1] for p in perm[1:]))
+    )
+
+
+# The dynamo ONNX exporter writes kᵀ this way: batch and heads flattened for a 3-D transpose.
+@rewrite(Op.reshape(Op.transpose(Op.reshape(x, name="flat"), name="t")), where=_batch_kept)
+def unflatten_batched_transpose(m: Match, g: Graph) -> Value:
+    """view(transpose(view(x, [N, …]), [0, p…]), [b…, …]) = transpose(x, [b…, p…])"""
+    n = _batch_split(m)
+    perm = m["t"].producer.attrs["perm"]
+    return g.call("transpose", m["x"], perm=[*range(n), *(n + p - 1 for p in perm[1:])])
+
+
 @rewrite((x * 1.0) | (x / 1.0), where=_keeps_type)
 def drop_mul_one(m: Match, g: Graph) -> Value:
     """x·1 = x/1 = x"""
@@ -95,6 +125,7 @@ RULES = [
     fold_reshape_reshape,
     fold_transpose_transpose,
     unflatten_batched_matmul,
+    unflatten_batched_transpose,
     drop_mul_one,
     drop_add_zero,
 ]
@@ -111,7 +142,8 @@ class Canonicalize(Pass):
       (`<weight>.transpose`, any size, meta weights too); other transposes are layouts, kept;
     - dead-code elimination of unused nodes and parameters;
     - common-subexpression elimination (same op, inputs and attributes);
-    - the identities in RULES (no-op views, view chains, x·1, x+0, aten's flattened bmm);
+    - the identities in RULES (no-op views, view chains, x·1, x+0, batched matmuls and
+      transposes written on a flattened batch);
     - commutative operands ordered (computed, parameter, constant): constants come second.
     """
 

@@ -8,7 +8,8 @@ The matched form, every piece optional where marked:
     s   = (q_h · kᵀ) · c            c: ·c or /c on q, q_h, k, k_h, kᵀ or the scores
     s   = where(keep, s, -∞) or where(drop, -∞, s)                           (optional)
     s   = s + mask                                                          (optional)
-    out = reshape(transpose(softmax(s, -1) · v_h, [0,2,1,3]), [b,t,h·d])
+    p   = softmax(s, -1), then where(isnan(p), 0, p)                         (optional)
+    out = reshape(transpose(p · v_h, [0,2,1,3]), [b,t,h·d])
 
 becomes `attention(q, k, v){num_heads=h, causal, scale=∏c}` on the [b,t,h·d] values before the
 head split. Views compose, so a split may start from any shape (reshaped to [b,t,h·d] first)
@@ -17,6 +18,8 @@ view chains such as the merge followed by the next linear's [b·t, e] flatten.
 
 `where` masks must be known at compile time and causal (keep = lower triangle); an additive
 mask that is causal sets `causal`, any other additive mask becomes the op's `mask` operand.
+The NaN guard (torch.onnx's SDPA, with isnan imported as x != x) zeroes rows whose every score
+is masked; it fuses only where no row can be: causal with t ≤ s, or a mask known to be finite.
 """
 
 from __future__ import annotations
@@ -163,7 +166,8 @@ def attention_rule(large_negative: float = -1e4) -> Rewrite:
     )
     masked = Alt(causal, Op.add(causal, Var("mask"), name="masked"))
     probs = Op.softmax(masked, where=_softmax_last, name="probs")
-    context = Op.matmul(probs, v_heads)
+    guarded = Alt(Op.where(Op.ne(probs, probs), 0.0, probs, name="nan_guard"), probs)
+    context = Op.matmul(guarded, v_heads)
     pattern = Op.reshape(Op.transpose(context, perm=[0, 2, 1, 3]))
 
     def additive_mask_causal(m: Match) -> bool:
@@ -173,9 +177,26 @@ def attention_rule(large_negative: float = -1e4) -> Rewrite:
         keep = _causal_keep(m)
         return bool(torch.where(keep, data == 0, data <= large_negative).all())
 
+    def no_row_fully_masked(m: Match) -> bool:
+        """a NaN guard after the softmax cannot fire: no row of scores is fully masked"""
+        if "nan_guard" not in m:
+            return True
+        if "mask" in m and not additive_mask_causal(m):
+            data = constant_data(m.graph, m["mask"]) if m.graph is not None else None
+            return data is not None and bool(data.isfinite().all())
+        causal = "keep" in m or "drop" in m or "mask" in m
+        return not causal or m["q_split"].shape[1] <= m["k_split"].shape[1]
+
     @rewrite(
         pattern,
-        where=(_heads_agree, _scales_keep_types, _masks_keep_type, _mask_known, _where_mask_causal),
+        where=(
+            _heads_agree,
+            _scales_keep_types,
+            _masks_keep_type,
+            _mask_known,
+            _where_mask_causal,
+            no_row_fully_masked,
+        ),
     )
     def attention(m: Match, g: Graph) -> Value:
         """reshape(transpose(softmax(mask(q_h·kᵀ·c))·v_h)) = attention(q, k, v)"""
@@ -204,8 +225,9 @@ class FuseAttention(Pass):
     heads·d_head] values. Scaling may be a mul or div by any constant on q, k or the scores
     (scale = their product); masks may be added, or applied with where in either polarity
     with a fill at or below `large_negative`. A where-mask must have data and be causal, or the
-    attention stays unfused. Nothing fuses if an intermediate (say the attention weights) is
-    used outside the subgraph.
+    attention stays unfused. A NaN guard on the softmax, where(isnan(p), 0, p), is absorbed
+    when no row of scores can be fully masked. Nothing fuses if an intermediate (say the
+    attention weights) is used outside the subgraph.
     """
 
     name = "fuse-attention"

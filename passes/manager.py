@@ -2,8 +2,9 @@
 
 A pass is a small class: a `name`, a docstring whose first line describes it, typed options
 declared as annotated class attributes with defaults, and `run(graph, ctx) -> PassResult`.
-The manager calls `before_pass` / `after_pass` hooks around each pass (instrumentation such as
-timing or IR printing plugs in there) and can verify the graph after every pass.
+The manager calls `before_pass` / `after_pass` hooks around each pass, and `failed_pass` hooks
+when a pass (or the verifier after it) raises: instrumentation such as timing, IR printing and
+crash reproducers plugs in there (see cgc.debug.instruments). It can verify after every pass.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def _valid(p: Pass | type[Pass]) -> str:
 
 BeforePass = Callable[[Pass, Graph, PassContext], None]
 AfterPass = Callable[[Pass, Graph, PassResult, PassContext], None]
+FailedPass = Callable[[Pass, Graph, Exception, PassContext], None]
 
 
 class PassManager:
@@ -147,6 +149,7 @@ class PassManager:
         self.ctx = ctx if ctx is not None else PassContext()
         self.before_pass: list[BeforePass] = []
         self.after_pass: list[AfterPass] = []
+        self.failed_pass: list[FailedPass] = []
         self.results: list[tuple[Pass, PassResult]] = []
 
     def run(self, graph: Graph) -> Graph:
@@ -154,13 +157,18 @@ class PassManager:
         for p in self.passes:
             for hook in self.before_pass:
                 hook(p, graph, self.ctx)
-            result = p.run(graph, self.ctx)
-            self.results.append((p, result))
-            if self.ctx.verify_each:
-                try:
-                    verify(graph)
-                except IRError as e:
-                    raise IRError(f"after pass {p!r}: {e}") from None
+            try:
+                result = p.run(graph, self.ctx)
+                self.results.append((p, result))
+                if self.ctx.verify_each:
+                    try:
+                        verify(graph)
+                    except IRError as e:
+                        raise IRError(f"after pass {p!r}: {e}") from None
+            except Exception as error:
+                for hook in self.failed_pass:
+                    hook(p, graph, error, self.ctx)
+                raise
             for hook in self.after_pass:
                 hook(p, graph, result, self.ctx)
         return graph

@@ -24,6 +24,14 @@ def register_pass(cls: P) -> P:
     return cls
 
 
+def unregister_pass(name: str) -> type[Pass]:
+    """Remove the pass registered as `name` (tests that register passes clean up with it)."""
+    try:
+        return _PASSES.pop(name)
+    except KeyError:
+        raise InputError(f"no pass {name!r} is registered") from None
+
+
 def get_pass(name: str) -> type[Pass]:
     """The pass class registered as `name`."""
     try:

@@ -82,7 +82,7 @@ def test_help_explains_model_forms() -> None:
         (
             {"m.py": TINY_MODEL},
             ["compile", "m.py", "--backend", "tpu"],
-            "error: unknown backend 'tpu'; choose from onnxruntime",
+            "error: unknown backend 'tpu'; choose from cerebras, onnxruntime",
         ),
         (
             {"ckpt/config.json": "{not json"},
@@ -159,13 +159,16 @@ def test_compile_run_check_on_a_python_file(tmp_path: Path, monkeypatch) -> None
     assert result.exit_code == 0, result.output
     assert "m: 36 parameters, weights from m.py" in result.stdout
     assert "ops: gelu 1, linear 1" in result.stdout
-    assert "artifact: art (onnxruntime;" in result.stdout
+    assert "artifact: art (cerebras;" in result.stdout  # the default backend: a wafer plan
+    assert "wafer: wse2, pipelined, fp32; 1 regions" in result.stdout
     run = cgc("run", "art")
     assert run.exit_code == 0, run.output
     assert run.stdout.startswith("output: f32[2,4]  mean ")
-    check = cgc("check", "m.py", "--backends", "onnxruntime")
+    assert (tmp_path / "art" / "program.json").is_file()
+    check = cgc("check", "m.py", "--backends", "onnxruntime,cerebras")
     assert check.exit_code == 0, check.output
-    assert "onnxruntime    output" in check.stdout and check.stdout.rstrip().endswith("PASS")
+    assert "onnxruntime    output" in check.stdout and "cerebras       output" in check.stdout
+    assert check.stdout.rstrip().splitlines()[-1] == "PASS"
 
 
 def test_check_exits_1_out_of_tolerance() -> None:
@@ -178,3 +181,20 @@ def test_quiet_compile_prints_nothing(tmp_path: Path) -> None:
     result = cgc("compile", "tiny-111m", "--seq-len", "4", "-o", str(tmp_path / "a"), "-q")
     assert result.exit_code == 0 and result.output == ""
     assert (tmp_path / "a" / "manifest.json").is_file()
+
+
+def test_passes_lists_every_pass_with_description_and_options() -> None:
+    from cgc.passes import DEFAULT_PIPELINE, all_passes, parse_pipeline
+
+    result = cgc("passes")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    names = [line.split()[0] for line in lines if line and not line[0].isspace()]
+    assert names[:-1] == list(all_passes()) and lines[-1] == f"default pipeline: {DEFAULT_PIPELINE}"
+    for name, cls in all_passes().items():
+        (row,) = [i for i, line in enumerate(lines) if line.startswith(f"{name} ")]
+        assert lines[row].split(None, 1)[1] == cls.description()
+        options = [line.split()[0] for line in lines[row + 1 : row + 1 + len(cls.options())]]
+        # each option line is pipeline syntax with the default: it parses back to the pass
+        assert [repr(p) for p in parse_pipeline(f"{name}{{{','.join(options)}}}")] == [name]
+    assert "large-negative=-10000.0 (float)" in [line.strip() for line in lines]

@@ -12,8 +12,10 @@ A planner sizes and places one rectangle per kernel using:
     kernel.execute(inputs, weights, rows, cols, tiling)  # what the tiles compute
 """
 
+from cgc.backends.cerebras.artifact import CerebrasArtifact, compile, load
 from cgc.backends.cerebras.kernels import Cost, Kernel, kernel_for
 from cgc.backends.cerebras.machine import PRESETS, WSE2, WSE3, Machine, get_machine
+from cgc.backends.cerebras.planner import Plan, PlanError, plan
 from cgc.backends.cerebras.precision import PRECISIONS, UNIT_ROUNDOFF, round_to
 
 __all__ = [
@@ -22,10 +24,16 @@ __all__ = [
     "UNIT_ROUNDOFF",
     "WSE2",
     "WSE3",
+    "CerebrasArtifact",
     "Cost",
     "Kernel",
     "Machine",
+    "Plan",
+    "PlanError",
+    "compile",
     "get_machine",
     "kernel_for",
+    "load",
+    "plan",
     "round_to",
 ]

@@ -14,6 +14,7 @@ constant comes from the same point, agreement there checks the arithmetic, not t
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -82,8 +83,16 @@ class Machine:
 
     def sustained_cycles(self, peak_cycles: int) -> int:
         """Cycles a tile loop really takes for `peak_cycles` of vector work (rounded up)."""
-        eff = Fraction(self.simd_efficiency).limit_denominator(10_000)
-        return -(-peak_cycles * eff.denominator // eff.numerator)
+        num, den = _exact_ratio(self.simd_efficiency)
+        return -(-peak_cycles * den // num)
+
+
+@functools.cache
+def _exact_ratio(efficiency: float) -> tuple[int, int]:
+    """The efficiency as an exact fraction, so cycle counts are integers and reproducible; cached
+    because building the Fraction dominated planning time."""
+    eff = Fraction(efficiency).limit_denominator(10_000)
+    return eff.numerator, eff.denominator
 
 
 # Sustained fraction of the FMAC peak (calibrated, see the module docstring): the measured

@@ -19,6 +19,11 @@ from cgc.backends.onnxruntime.lowering import ONNX_DTYPES, Emitter, raw_bytes, t
 from cgc.errors import CgcError
 from cgc.ir import Graph, TensorType, Value
 from cgc.ir.types import dtype_name
+from cgc.passes import run_passes
+
+# Fusions that pay off only with ORT's own kernels. They run on a copy while lowering, so the
+# graph the pipeline produced (the artifact's graph.cgc, what users count ops in) is unchanged.
+LOWERING_PIPELINE = "fuse-qkv-attention"
 
 # ORT memory-maps an external tensor whose offset is a multiple of the page size.
 _ALIGN = 4096
@@ -26,17 +31,19 @@ _PROTOBUF_LIMIT = 2**31
 
 
 def to_onnx(graph: Graph, path: str | Path, *, external_data: bool = True) -> onnx.ModelProto:
-    """Write `graph` to the ONNX file `path`, its weights to `<path>.data` (or inline).
+    """Write `graph`, prepared for ORT, to the ONNX file `path`, its weights to `<path>.data`
+    (or inline).
 
     Returns the model proto as written (external tensors hold references, not bytes). Files are
     staged in a temporary folder and moved into place at the end, so a failed export leaves
     nothing behind; the same graph gives byte-identical files.
     """
     path = Path(path)
+    graph = prepared(graph)
     _check_weights(graph)
     if not external_data and sum(v.type.nbytes for v in graph.params.values()) >= _PROTOBUF_LIMIT:
         raise CgcError("weights exceed protobuf's 2 GB limit; export with external_data=True")
-    model = build_model(graph)
+    model = _build(graph)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -56,9 +63,20 @@ def to_onnx(graph: Graph, path: str | Path, *, external_data: bool = True) -> on
     return model
 
 
+def prepared(graph: Graph) -> Graph:
+    """`graph` with LOWERING_PIPELINE applied to a copy, or `graph` itself when nothing fuses."""
+    if not any(n.op == "attention" for n in graph.nodes):
+        return graph
+    return run_passes(graph.copy(), LOWERING_PIPELINE)
+
+
 def build_model(graph: Graph) -> onnx.ModelProto:
-    """The ONNX model of `graph` without its parameter initializers."""
-    emitter = Emitter()
+    """The ONNX model of `graph` (prepared for ORT) without its parameter initializers."""
+    return _build(prepared(graph))
+
+
+def _build(graph: Graph) -> onnx.ModelProto:
+    emitter = Emitter(graph.outputs)
     for node in graph.nodes:
         emitter.lower(node)
     outputs = {id(v) for v in graph.outputs}

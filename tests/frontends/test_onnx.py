@@ -131,6 +131,8 @@ CASES = [
     pytest.param("tiny", "torchscript", None, id="builtin-torchscript"),
     pytest.param("hf", "dynamo", None, id="hf-dynamo"),
     pytest.param("hf", "torchscript", None, id="hf-torchscript"),
+    # SDPA below opset 23: √scale on q and kᵀ, and a NaN guard after the softmax.
+    pytest.param("hf-sdpa", "dynamo", None, id="hf-sdpa-dynamo"),
     # opset 17 has no Gelu op: the erf formula arrives as Div/Erf/Add/Mul primitives.
     pytest.param("tiny", "torchscript", 17, id="builtin-torchscript-opset17"),
     pytest.param("hf", "torchscript", 17, id="hf-torchscript-opset17"),

@@ -25,6 +25,9 @@ FUSED = {
     "attention_causal_mask": (
         "%y = attention(%x, %x, %x, %m) {causal=true, num_heads=1, scale=0.2} : f32[2,5,5]"
     ),
+    "qkv_attention": (
+        "%y = qkv_attention(%x, %w, %b) {causal=true, num_heads=2, scale=0.7} : f32[2,5,2]"
+    ),
 }
 
 

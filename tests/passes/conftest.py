@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
+from cgc.driver import compile_graph, trace
 from cgc.ir import Graph, TensorType, get_op, interpret, parse, verify
-from cgc.passes import PassContext, PassManager
+from cgc.passes import DEFAULT_PIPELINE, Pass, PassContext, PassManager, PassResult
 
 
 def _t(spec: str) -> TensorType:
@@ -95,3 +96,40 @@ def run_pipeline():
 def same_numerics():
     """same_numerics(graph, pipeline, atol=1e-5): run it, checking outputs before == after."""
     return _assert_same_numerics
+
+
+def _default_pipeline_checked(
+    module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], tol: float = 1e-4
+) -> tuple[Graph, list[str]]:
+    """Trace a single-output `module` and run the default pipeline one pass at a time, checking
+    the interpreter against eager PyTorch after tracing and after every pass, then ONNX Runtime.
+
+    Returns the final graph and the stages checked: "trace", each pass, "onnxruntime".
+    """
+    with torch.no_grad():
+        want = module(*inputs)
+    checked: list[str] = []
+
+    def check(stage: str, got: torch.Tensor) -> None:
+        torch.testing.assert_close(
+            got, want, atol=tol, rtol=tol, msg=lambda m: f"after {stage}: {m}"
+        )
+        checked.append(stage)
+
+    def after_pass(p: Pass, g: Graph, result: PassResult, ctx: PassContext) -> None:
+        check(repr(p), *interpret(g, *inputs))
+
+    g = trace(module, inputs)
+    check("trace", *interpret(g, *inputs))
+    manager = PassManager(DEFAULT_PIPELINE, PassContext(verify_each=True))
+    manager.after_pass.append(after_pass)
+    manager.run(g)
+    check("onnxruntime", *compile_graph(g, "onnxruntime").run(*inputs))
+    return g, checked
+
+
+@pytest.fixture
+def default_pipeline_checked():
+    """default_pipeline_checked(module, inputs) -> (graph, stages): numerics vs eager after
+    tracing, after every pass of the default pipeline, and in ONNX Runtime (within 1e-4)."""
+    return _default_pipeline_checked

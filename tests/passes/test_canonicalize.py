@@ -223,3 +223,29 @@ def test_canonicalize_keeps_numerics(same_numerics, decomposed) -> None:
     )
     same_numerics(g, "canonicalize")
     assert g.op_counts()["where"] == 1
+
+
+def test_transpose_on_a_flattened_batch_becomes_one_transpose(rewrite_text) -> None:
+    text = body(
+        "  %f = reshape(%k) {shape=[6, 4, 8]} : f32[6,4,8]\n"
+        "  %t = transpose(%f) {perm=[0, 2, 1]} : f32[6,8,4]\n"
+        "  %y = reshape(%t) {shape=[2, 3, 8, 4]} : f32[2,3,8,4]\n",
+        "%y",
+        args="%k: f32[2,3,4,8]",
+    )
+    assert rewrite_text(text, "canonicalize") == body(
+        "  %y = transpose(%k) {perm=[0, 1, 3, 2]} : f32[2,3,8,4]\n",
+        "%y",
+        args="%k: f32[2,3,4,8]",
+    )
+
+
+def test_transpose_moving_the_flattened_batch_stays(rewrite_text) -> None:
+    text = body(
+        "  %f = reshape(%k) {shape=[6, 4, 8]} : f32[6,4,8]\n"
+        "  %t = transpose(%f) {perm=[1, 0, 2]} : f32[4,6,8]\n"
+        "  %y = reshape(%t) {shape=[4, 2, 3, 8]} : f32[4,2,3,8]\n",
+        "%y",
+        args="%k: f32[2,3,4,8]",
+    )
+    assert rewrite_text(text, "canonicalize") == text

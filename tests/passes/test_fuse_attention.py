@@ -263,3 +263,69 @@ def test_a_head_split_from_another_shape_is_reshaped_first(rewrite_text, same_nu
     assert [n.op for n in g.nodes] == ["reshape", "attention", "reshape"]
     assert g.nodes[0].output.shape == (B, T, E) and g.nodes[0].inputs[0].name == "q"
     assert math.isclose(g.nodes[1].attrs["scale"], 0.5)
+
+
+# torch.onnx's SDPA, imported: √scale on q and on kᵀ (the latter transposed on a flattened
+# batch), an additive mask, and a NaN guard, where(isnan(p), 0, p), after the softmax.
+ONNX_SDPA = f"""\
+graph @attn(%q: {F32}, %k: {F32}, %v: {F32}) {{
+  param %bias: f32[1,1,6,6]
+  %vq = reshape(%q) {{shape=[2, 6, 2, 4]}} : f32[2,6,2,4]
+  %qh = transpose(%vq) {{perm=[0, 2, 1, 3]}} : f32[2,2,6,4]
+  %vk = reshape(%k) {{shape=[2, 6, 2, 4]}} : f32[2,6,2,4]
+  %kh = transpose(%vk) {{perm=[0, 2, 1, 3]}} : f32[2,2,6,4]
+  %fk = reshape(%kh) {{shape=[4, 6, 4]}} : f32[4,6,4]
+  %fkt = transpose(%fk) {{perm=[0, 2, 1]}} : f32[4,4,6]
+  %kt = reshape(%fkt) {{shape=[2, 2, 4, 6]}} : f32[2,2,4,6]
+  %c = constant() {{dtype="f32", shape=[], value=0.5}} : f32[]
+  %qs = mul(%qh, %c) : f32[2,2,6,4]
+  %ks = mul(%kt, %c) : f32[2,2,4,6]
+  %s = matmul(%qs, %ks) : f32[2,2,6,6]
+  %masked = add(%s, %bias) : f32[2,2,6,6]
+  %p = softmax(%masked) {{axis=-1}} : f32[2,2,6,6] #{{scope="h.0.attn", source="m.onnx:Softmax_7"}}
+  %nan = ne(%p, %p) : bool[2,2,6,6]
+  %zero = constant() {{dtype="f32", shape=[], value=0.0}} : f32[]
+  %guarded = where(%nan, %zero, %p) : f32[2,2,6,6]
+  %vv = reshape(%v) {{shape=[2, 6, 2, 4]}} : f32[2,6,2,4]
+  %vh = transpose(%vv) {{perm=[0, 2, 1, 3]}} : f32[2,2,6,4]
+  %o = matmul(%guarded, %vh) : f32[2,2,6,4]
+  %ot = transpose(%o) {{perm=[0, 2, 1, 3]}} : f32[2,6,2,4]
+  %out = reshape(%ot) {{shape=[2, 6, 8]}} : f32[2,6,8]
+  return %out
+}}
+"""
+
+
+def onnx_sdpa(bias: torch.Tensor) -> Graph:
+    g = parse(ONNX_SDPA)
+    g.weights["bias"] = bias
+    return g
+
+
+def test_onnx_exporter_form_fuses(run_pipeline, same_numerics) -> None:
+    causal = torch.zeros(1, 1, T, T).masked_fill(~tril(), -torch.inf)
+    assert str(run_pipeline(onnx_sdpa(causal), "canonicalize,fuse-attention,canonicalize")) == (
+        f"graph @attn(%q: {F32}, %k: {F32}, %v: {F32}) {{\n"
+        "  %out = attention(%q, %k, %v) {causal=true, num_heads=2, scale=0.25} : "
+        f'{F32} #{{scope="h.0.attn", source="m.onnx:Softmax_7"}}\n'
+        "  return %out\n}\n"
+    )
+    same_numerics(onnx_sdpa(causal), "canonicalize,fuse-attention")
+
+
+def test_nan_guard_with_a_finite_mask_fuses_keeping_the_mask(same_numerics) -> None:
+    g = same_numerics(onnx_sdpa(torch.randn(1, 1, T, T)), "canonicalize,fuse-attention")
+    assert fused_attention(g) == (
+        ["q", "k", "v", "bias"],
+        {"num_heads": 2, "causal": False, "scale": 0.25},
+    )
+
+
+def test_nan_guard_with_a_mask_that_may_mask_whole_rows_stays(run_pipeline) -> None:
+    g = run_pipeline(onnx_sdpa(torch.empty(1, 1, T, T, device="meta")), "canonicalize")
+    text = str(g)
+    assert explain(attention_rule(), g.nodes[-1], g) == (
+        "at %out: constraint failed: a NaN guard after the softmax cannot fire: "
+        "no row of scores is fully masked"
+    )
+    assert str(run_pipeline(g, "fuse-attention")) == text

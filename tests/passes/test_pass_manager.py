@@ -40,6 +40,12 @@ def test_every_pass_is_registered_with_a_description() -> None:
         "axis into `layer_norm`.",
         "fuse-linear": "Fuse matmul(x, transpose(w)) [+ b] with a 2-D weight parameter w into "
         "`linear(x, w, b)`.",
+        "fuse-qkv-attention": "Fuse attention on the q, k, v thirds of one linear projection "
+        "into `qkv_attention`.",
+        "layer-pipeline": "Give every stage a wafer region sized to balance the layer pipeline "
+        "(annotates only).",
+        "weight-streaming": "Run one layer at a time on the whole wafer with weights streamed in "
+        "(annotates only).",
     }
 
 
@@ -72,7 +78,7 @@ def test_default_expands_to_the_default_pipeline() -> None:
         (
             "canonicalize,fuse-attn",
             "unknown pass 'fuse-attn'; valid passes: canonicalize, fuse-attention, fuse-gelu, "
-            "fuse-layer-norm, fuse-linear",
+            "fuse-layer-norm, fuse-linear, fuse-qkv-attention, layer-pipeline, weight-streaming",
         ),
         (
             "fuse-attention{heads=2}",

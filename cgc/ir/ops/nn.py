@@ -1,7 +1,8 @@
 """Neural-network ops: embedding lookup and the fused ops the passes create.
 
-Fused ops (`linear`, `layer_norm`, `gelu`, `attention`) carry a decomposition into primitives,
-so any backend or the verifier can fall back to the unfused form.
+Fused ops (`linear`, `layer_norm`, `gelu`, `attention`, and `qkv_attention` for backends that
+project and attend in one kernel) carry a decomposition into primitives, so any backend or the
+verifier can fall back to the unfused form.
 """
 
 from __future__ import annotations
@@ -248,3 +249,58 @@ def attention(
         bias = bias + mask
     out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=bias, scale=scale)
     return out.transpose(1, 2).reshape(b, t, -1)
+
+
+# -- attention with its packed input projection -------------------------------------------------
+
+
+def _infer_qkv_attention(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+    x = ins[0]
+    (qkv,) = _infer_linear(ins, attrs)
+    if x.rank != 3 or qkv.shape[-1] % 3 or (qkv.shape[-1] // 3) % attrs["num_heads"]:
+        raise IRError(
+            f"qkv_attention: x {x} and weight {ins[1]} do not give three [batch, seq, e] "
+            f"thirds of {attrs['num_heads']} heads each"
+        )
+    return [qkv.with_shape(qkv.shape[:2] + (qkv.shape[-1] // 3,))]
+
+
+def _qkv_attention_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs) -> int:
+    x, w = ins[0], ins[1]
+    qkv = x.with_shape(x.shape[:2] + (w.shape[0],))
+    third = outs[0]
+    return _linear_flops(ins, [qkv], attrs) + _attention_flops([third] * 3, outs, attrs)
+
+
+def _decompose_qkv_attention(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
+    (qkv,) = _decompose_linear(g, ins, {})
+    e = qkv.shape[-1] // 3
+    q, k, v = (g.call("slice", qkv, axis=2, start=i * e, end=(i + 1) * e) for i in range(3))
+    return _decompose_attention(g, [q, k, v], attrs)
+
+
+@register(
+    "qkv_attention",
+    arity=(2, 3),
+    attrs={"num_heads": REQUIRED, "causal": False, "scale": REQUIRED},
+    infer=_infer_qkv_attention,
+    flops=_qkv_attention_flops,
+    decompose=_decompose_qkv_attention,
+    category="fused",
+)
+def qkv_attention(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None = None,
+    *,
+    num_heads: int,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """Self-attention of x with its packed projection: q, k, v = thirds of linear(x, w, b).
+
+    Backends with a kernel that projects and attends in one step (ONNX Runtime's contrib
+    Attention) take this form; elsewhere it is `linear`, three slices and `attention`.
+    """
+    q, k, v = F.linear(x, w, b).chunk(3, dim=-1)
+    return attention(q, k, v, num_heads=num_heads, causal=causal, scale=scale)

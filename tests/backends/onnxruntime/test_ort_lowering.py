@@ -64,6 +64,10 @@ CASES: dict[str, tuple[str, str]] = {
         "param %w: f32[5,4]\nparam %b: f32[5]\n%y = linear(%x, %w, %b) : f32[2,3,5]",
     ),
     "linear:2d_no_bias": ("%x: f32[3,4]", "param %w: f32[5,4]\n%y = linear(%x, %w) : f32[3,5]"),
+    "linear:no_bias": (  # an output: FusedMatMul on N-D rows, no copying Reshape
+        "%x: f32[2,3,4]",
+        "param %w: f32[5,4]\n%y = linear(%x, %w) : f32[2,3,5]",
+    ),
     "linear:1d": (
         "%x: f32[4]",
         "param %w: f32[5,4]\nparam %b: f32[5]\n%y = linear(%x, %w, %b) : f32[5]",
@@ -118,6 +122,16 @@ CASES: dict[str, tuple[str, str]] = {
     "attention:value_width": (  # d_v (2) differs from d_head (4)
         "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,6]",
         "%y = attention(%q, %k, %v) {causal=true, num_heads=3, scale=0.5} : f32[2,5,6]",
+    ),
+    "qkv_attention": (  # d_head 10, muP scale 1/d_head
+        "%x: f32[2,6,8]",
+        "param %w: f32[90,8]\nparam %b: f32[90]\n"
+        "%y = qkv_attention(%x, %w, %b) {causal=true, num_heads=3, scale=0.1} : f32[2,6,30]",
+    ),
+    "qkv_attention:no_bias": (
+        "%x: f32[2,5,8]",
+        "param %w: f32[36,8]\n"
+        "%y = qkv_attention(%x, %w) {causal=false, num_heads=3, scale=0.5} : f32[2,5,12]",
     ),
 }
 
@@ -179,6 +193,8 @@ def _op_types(g: Graph) -> list[str]:
         ("gelu:tanh", ["Gelu"]),
         ("linear", ["Reshape", "Gemm", "Reshape"]),
         ("linear:2d_no_bias", ["Gemm"]),
+        ("linear:no_bias", ["FusedMatMul"]),
+        ("qkv_attention", ["Transpose", "Attention"]),
         ("attention:causal", ["Attention"]),
         ("attention:padding_mask", ["Expand", "Attention"]),
         ("attention:longer_keys_causal_mask", ["Add", "Attention"]),
@@ -213,6 +229,35 @@ def test_attention_attributes() -> None:
     assert bias.shape == (1, 1, 3, 7)
     assert (bias[0, 0] == 0).tolist() == [[k <= q + 4 for k in range(7)] for q in range(3)]
     assert math.isinf(bias[0, 0, 0, 5])
+
+
+def test_bias_less_linear_is_fused_matmul_only_as_an_output() -> None:
+    g = parse(
+        "graph @t(%x: f32[2,3,4]) {\n  param %w: f32[4,4]\n"
+        "  %h = linear(%x, %w) : f32[2,3,4]\n  %y = linear(%h, %w) : f32[2,3,4]\n"
+        "  return %y\n}\n"
+    )
+    model = build_model(g)
+    assert [n.op_type for n in model.graph.node] == ["Reshape", "Gemm", "Reshape", "FusedMatMul"]
+    fused = model.graph.node[-1]
+    assert (fused.domain, list(fused.input), list(fused.output)) == (
+        "com.microsoft",
+        ["h", "w"],
+        ["y"],
+    )
+    assert {a.name: a.i for a in fused.attribute} == {"transB": 1}
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 23), ("com.microsoft", 1)]
+
+
+def test_qkv_attention_is_contrib_attention_on_the_transposed_weight() -> None:
+    transpose, attention = build_model(_graph("qkv_attention")).graph.node
+    assert (list(transpose.input), {a.name: list(a.ints) for a in transpose.attribute}) == (
+        ["w"],
+        {"perm": [1, 0]},
+    )
+    assert (attention.domain, list(attention.input)) == ("com.microsoft", ["x", "y/transpose", "b"])
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in attention.attribute}
+    assert attrs == {"num_heads": 3, "unidirectional": 1, "scale": pytest.approx(0.1)}
 
 
 def test_nodes_are_named_after_ir_values_with_source_and_scope() -> None:

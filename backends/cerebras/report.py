@@ -1,0 +1,127 @@
+"""Performance estimates of a wafer program: per-region cycles, bottleneck, throughput, use.
+
+Definitions (one pass = the program's whole input batch, `tokens` tokens):
+
+- layer-pipelined: every region works on a different pass at once, so a pass leaves the
+  pipeline every `period` = the slowest region's cycles; a *stage time* is a region's cycles;
+- weight streaming: steps run one after another, so `period` = the sum of the steps' cycles
+  (each step the larger of its compute and its weights' streaming, plus a broadcast); a stage
+  time is a step's cycles;
+- tokens/s = tokens · clock / period;
+- PEs assigned = PEs in regions / usable PEs (streaming: every step has the whole wafer);
+- PE utilisation = Σ region PEs · region cycles / (usable PEs · period): the busy share;
+- model-FLOPs utilisation (MFU) = FLOPs of a pass (the op registry's count for the graph's
+  kernels) · passes/s / the dense peak of the usable PEs in the program's precision;
+- SRAM headroom = 1 - the busiest PE's bytes / usable SRAM per PE.
+"""
+
+from __future__ import annotations
+
+from math import prod
+from statistics import mean
+from typing import Any
+
+
+def tokens(program: dict[str, Any]) -> int:
+    """Tokens in one pass: the first input's elements (ids), or its rows (features)."""
+    first = program["values"][program["inputs"][0]]
+    shape = first["shape"]
+    if first["dtype"].startswith(("i", "u")) or not shape:
+        return max(1, prod(shape))
+    return max(1, prod(shape[:-1]))
+
+
+def estimate(program: dict[str, Any], region_cycles: list[int] | None = None) -> dict[str, Any]:
+    """The report as plain data; `region_cycles` overrides the program's (as simulated)."""
+    machine = program["machine"]
+    regions = program["regions"]
+    cycles = region_cycles or [r["cycles"] for r in regions]
+    usable = machine["usable"]["cols"] * machine["usable"]["rows"]
+    clock = machine["clock_hz"]
+    flops = sum(k["flops"] for r in regions for k in r["kernels"])
+    if program["mode"] == "pipelined":
+        stage_times = cycles
+        period = max(cycles)
+        bottleneck = {"region": cycles.index(period), "cycles": period}
+        busy = sum(r["pes"] * c for r, c in zip(regions, cycles, strict=True))
+        assigned = sum(r["pes"] for r in regions) / usable
+    else:
+        compute: dict[int, int] = {}
+        for r, c in zip(regions, cycles, strict=True):
+            compute[r["step"]] = compute.get(r["step"], 0) + c
+        stage_times = [
+            max(compute[s["step"]], s["stream_cycles"]) + s["overhead_cycles"]
+            for s in program["steps"]
+        ]
+        period = sum(stage_times)
+        worst = max(range(len(stage_times)), key=stage_times.__getitem__)
+        bottleneck = {"step": worst, "cycles": stage_times[worst]}
+        busy = usable * sum(cycles)
+        assigned = 1.0
+    passes_per_s = clock / period
+    sram = max(r["sram_bytes"] for r in regions)
+    routes = program["routes"]
+    hops = [h for r in routes for h in r["hops"]]
+    return {
+        "graph": program["graph"],
+        "machine": machine["name"],
+        "mode": program["mode"],
+        "precision": program["precision"],
+        "tokens_per_pass": tokens(program),
+        "regions": [
+            {
+                "id": r["id"],
+                "layer": r["layer"],
+                "ops": [k["op"] for k in r["kernels"]],
+                "pes": r["pes"],
+                "cycles": c,
+                "sram_bytes": r["sram_bytes"],
+            }
+            for r, c in zip(regions, cycles, strict=True)
+        ],
+        "period_cycles": period,
+        "bottleneck": bottleneck,
+        "mean_stage_cycles": _round(mean(stage_times)),
+        "bottleneck_over_mean": _round(max(stage_times) / mean(stage_times)),
+        "tokens_per_s": _round(tokens(program) * passes_per_s),
+        "pes_assigned": _round(assigned),
+        "pe_utilisation": _round(busy / (usable * period)),
+        "flops_per_pass": flops,
+        "mfu": _round(flops * passes_per_s / machine["peak_flops"]),
+        "sram_headroom": _round(1 - sram / machine["sram_usable_bytes"]),
+        "routes": len(routes),
+        "colors": 1 + max((r["color"] for r in routes), default=-1),
+        "max_hops": max(hops, default=0),
+        "mean_hops": _round(mean(hops)) if hops else 0.0,
+    }
+
+
+def _round(x: float) -> float:
+    """Six significant digits: stable text in report.json across platforms."""
+    return float(f"{x:.6g}")
+
+
+def render(report: dict[str, Any], *, per_region: bool = True) -> str:
+    """The report as text for `cgc run` and `cgc compile`."""
+    r = report
+    b = r["bottleneck"]
+    where = f"region {b['region']}" if "region" in b else f"step {b['step']}"
+    lines = [
+        f"wafer: {r['machine']}, {r['mode']}, {r['precision']}; {len(r['regions'])} regions, "
+        f"{r['pes_assigned']:.1%} of usable PEs assigned",
+        f"period {r['period_cycles']:,} cycles (bottleneck {where}, {b['cycles']:,} cycles; "
+        f"bottleneck/mean stage {r['bottleneck_over_mean']:.3f})",
+        f"throughput {r['tokens_per_s']:,.0f} tokens/s ({r['tokens_per_pass']} tokens per pass); "
+        f"PE utilisation {r['pe_utilisation']:.1%}; MFU {r['mfu']:.1%}; "
+        f"SRAM headroom {r['sram_headroom']:.1%}",
+        f"routes {r['routes']} on {r['colors']} colors, hops max {r['max_hops']} "
+        f"mean {r['mean_hops']:.2f}",
+    ]
+    if per_region:
+        lines.append(f"{'region':>6} {'layer':<6} {'PEs':>8} {'cycles':>11} {'SRAM B/PE':>9}  ops")
+        for reg in r["regions"]:
+            lines.append(
+                f"{reg['id']:>6} {reg['layer']:<6} {reg['pes']:>8,} {reg['cycles']:>11,} "
+                f"{reg['sram_bytes']:>9,}  {' '.join(reg['ops'])}"
+            )
+    return "\n".join(lines)

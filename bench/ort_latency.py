@@ -1,0 +1,166 @@
+"""Inference latency of Cerebras-GPT 111M on ONNX Runtime (CPU): cgc's fused ONNX against
+torch.onnx.export's ONNX of the same module, and eager PyTorch.
+
+Both ONNX files run in sessions with the same options (ORT_ENABLE_ALL, --threads intra-op
+threads, CPU provider); eager PyTorch runs under torch.no_grad with the same thread count.
+Batch 1, seeded random weights. After a warm-up, the three run in turn, round after round, in
+one process, so drifts in machine load hit all of them alike; times are medians over rounds.
+
+The runtimes must not slow each other down. ORT's worker threads keep spinning for about 40 ms
+of CPU after a run, so each timed run waits PAUSE first, and the order rotates every round.
+PyTorch's OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, unless set): spin-waiting
+they fought ORT's threads for the cores (at seq 16, eager took 99 ms alone and 968 ms right
+after an ORT run; ORT 28 ms alone and 82 ms right after eager).
+
+    python bench/ort_latency.py [--seq-lens 128,512] [--rounds 30] [--threads 2] [-v]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+import cgc  # noqa: E402
+from cgc import models  # noqa: E402
+
+MODEL = "cerebras-gpt-111m"
+WARMUP = 3
+PAUSE = 0.1  # seconds before each timed run: longer than ORT's threads spin after one
+
+
+def session(path: Path, threads: int, *, profile: bool = False) -> ort.InferenceSession:
+    """The one set of session options every ONNX model here runs with (plus ORT's profiler)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(path.with_suffix(""))
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def runner(sess: ort.InferenceSession, ids: torch.Tensor) -> Callable[[], np.ndarray]:
+    feeds = {sess.get_inputs()[0].name: ids.numpy()}
+    return lambda: sess.run(None, feeds)[0]
+
+
+def kernel_times(path: Path, ids: torch.Tensor, threads: int, runs: int = 5) -> str:
+    """ORT's profile of the model: milliseconds per run spent in each op type, largest first."""
+    sess = session(path, threads, profile=True)
+    run = runner(sess, ids)
+    for _ in range(runs):
+        run()
+    totals: dict[str, float] = {}
+    for event in json.loads(Path(sess.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + event["dur"] / 1e3 / runs
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    return f"{sum(totals.values()):.0f} ms: " + ", ".join(f"{k} {v:.1f}" for k, v in ranked)
+
+
+def op_types(path: Path) -> str:
+    """The node counts of an ONNX file by op type, most frequent first."""
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def measure(
+    module: torch.nn.Module, seq_len: int, rounds: int, threads: int, folder: Path, verbose: bool
+) -> dict[str, list[float]]:
+    """Seconds per forward pass of each contender, one entry per round, at one length."""
+    (ids,) = models.example_inputs(module.config, 1, seq_len)
+    cgc_path = cgc.compile(module, (ids,), backend="onnxruntime").save(folder / f"cgc_{seq_len}")
+    cgc_path = cgc_path / "model.onnx"
+    export_path = folder / f"export_{seq_len}" / "model.onnx"
+    export_path.parent.mkdir()
+    torch.onnx.export(module, (ids,), str(export_path), external_data=True, verbose=False)
+    if verbose:
+        print(f"  cgc ONNX:    {op_types(cgc_path)}")
+        print(f"  export ONNX: {op_types(export_path)}")
+
+    def eager() -> torch.Tensor:
+        with torch.no_grad():
+            return module(ids)
+
+    contenders = {
+        "cgc": runner(session(cgc_path, threads), ids),
+        "export": runner(session(export_path, threads), ids),
+        "eager": eager,
+    }
+    outputs = {name: torch.as_tensor(run()) for name, run in contenders.items()}
+    for name in ("cgc", "export"):
+        err = (outputs[name] - outputs["eager"]).abs().max().item()
+        if err > 1e-3:
+            raise SystemExit(f"{name} differs from eager by {err:.2e} at seq {seq_len}")
+    for _ in range(WARMUP):
+        for run in contenders.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for i in range(rounds):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            time.sleep(PAUSE)
+            start = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - start)
+    if verbose:
+        print(f"  cgc kernels:    {kernel_times(cgc_path, ids, threads)}")
+        print(f"  export kernels: {kernel_times(export_path, ids, threads)}")
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-lens", default="128,512", help="comma-separated [128,512]")
+    parser.add_argument("--rounds", type=int, default=30, help="timed rounds [30]")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads [2]")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="print ONNX op counts and kernel profiles"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"{MODEL}, batch 1, ORT {ort.__version__} CPU (ORT_ENABLE_ALL, {args.threads} threads), "
+        f"torch {torch.__version__}; medians of {args.rounds} interleaved rounds"
+    )
+    module = models.build(MODEL).eval()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cgc-latency-") as tmp:
+        for seq_len in (int(s) for s in args.seq_lens.split(",")):
+            times = measure(module, seq_len, args.rounds, args.threads, Path(tmp), args.verbose)
+            rows.append((seq_len, times))
+    # "per round": the median of each round's cgc/export, which a drift in machine load that
+    # spans several rounds affects less than the ratio of the medians
+    header = ("seq", "cgc ms", "export ms", "eager ms", "cgc/export", "cgc/eager", "per round")
+    print("".join(f"{h:>11}" for h in header))
+    for seq_len, t in rows:
+        median = {name: statistics.median(values) for name, values in t.items()}
+        per_round = statistics.median(c / x for c, x in zip(t["cgc"], t["export"], strict=True))
+        ms = [median[name] * 1e3 for name in ("cgc", "export", "eager")]
+        ratios = [median["cgc"] / median["export"], median["cgc"] / median["eager"], per_round]
+        print(
+            f"{seq_len:>11}"
+            + "".join(f"{x:>11.1f}" for x in ms)
+            + "".join(f"{r:>11.3f}" for r in ratios)
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The `cgc check` report as text, JSON and JUnit XML (what CI dashboards read).
+
+Text: a table of max abs / max rel error per target and output, then for each the error
+percentiles, where the largest error is (both values), a histogram of the absolute error per
+decade, and for a target out of tolerance the per-node report naming the first diverging node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cgc.debug.irfile import write_atomic
+from cgc.debug.numerics import Bin, Comparison
+from cgc.errors import InputError
+
+if TYPE_CHECKING:
+    from cgc.check import CheckReport
+
+_BAR = 40
+
+
+def _at(index: tuple[int, ...]) -> str:
+    return "[" + ",".join(map(str, index)) + "]"
+
+
+def _bin_label(b: Bin) -> str:
+    if b.hi == 0:
+        return "== 0"
+    if math.isinf(b.lo):
+        return "inf or nan"
+    return f"[{b.lo:.0e}, {b.hi:.0e})"
+
+
+def histogram_lines(bins: tuple[Bin, ...], indent: str = "    ") -> list[str]:
+    """One line per bin: label, count and a bar scaled to the largest count."""
+    most = max((b.count for b in bins), default=0)
+    width = max((len(str(b.count)) for b in bins), default=1)
+    return [
+        f"{indent}{_bin_label(b):<18} {b.count:>{width}} |{'#' * round(_BAR * b.count / most)}"
+        for b in bins
+        if most
+    ]
+
+
+def detail_lines(target: str, c: Comparison, atol: float, rtol: float) -> list[str]:
+    """Percentiles, the worst element and the histogram of one output."""
+    if c.problem:
+        return [f"{target} / {c.name}: {c.problem}"]
+    pct = " ".join(f"p{p} {v:.3e}" for p, v in c.percentiles.items())
+    lines = [
+        f"{target} / {c.name}: {c.mismatches} of {c.numel} values out of tolerance; "
+        f"abs error {pct}",
+        f"  max abs error at {_at(c.where)}: got {c.got_at:.9g}, reference {c.ref_at:.9g} "
+        f"(allowed {atol + rtol * abs(c.ref_at):.3e}); max rel error at {_at(c.where_rel)}",
+        "  abs error histogram:",
+    ]
+    return lines + histogram_lines(c.histogram)
+
+
+def render_text(report: CheckReport) -> str:
+    """The human-readable report (what `cgc check` prints)."""
+    lines = [
+        f"{report.model}: {report.description}",
+        f"reference: {report.reference}; "
+        f"tolerance |got - ref| <= {report.atol:g} + {report.rtol:g}·|ref|",
+        f"{'target':<14} {'output':<12} {'max abs':>10} {'max rel':>10}  [at]         status",
+    ]
+    for target, rows in report.results.items():
+        for c in rows:
+            lines.append(f"{target:<14} {c.row():<48} {'ok' if c.ok else 'MISMATCH'}")
+    for target, rows in report.results.items():
+        for c in rows:
+            lines += detail_lines(target, c, report.atol, report.rtol)
+    for target, nodes in report.nodes.items():
+        lines.append(f"{target}: where the mismatch starts")
+        lines += ["  " + line for line in nodes.text().splitlines()]
+        if nodes.first_divergence is None and target == "interpreter":
+            lines.append(
+                "  the optimised graph agrees with the traced one node by node: the difference "
+                "is already in the traced graph (frontend) or in the reference"
+            )
+    lines.append("PASS" if report.ok else "FAIL: outputs out of tolerance")
+    return "\n".join(lines)
+
+
+def _number(x: float) -> float | str:
+    """JSON has no inf or nan: spell them as strings."""
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _comparison(c: Comparison) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "ok": c.ok,
+        "numel": c.numel,
+        "mismatches": c.mismatches,
+        "max_abs": _number(c.max_abs),
+        "max_rel": _number(c.max_rel),
+        "where": list(c.where),
+        "got_at": _number(c.got_at),
+        "ref_at": _number(c.ref_at),
+        "where_rel": list(c.where_rel),
+        "percentiles": {f"p{p}": _number(v) for p, v in c.percentiles.items()},
+        "histogram": [
+            {"lo": _number(b.lo), "hi": _number(b.hi), "count": b.count} for b in c.histogram
+        ],
+        "problem": c.problem,
+    }
+
+
+def render_json(report: CheckReport) -> str:
+    """The report as a JSON document."""
+    targets = {}
+    for target, rows in report.results.items():
+        nodes = report.nodes.get(target)
+        first = nodes.first_divergence if nodes is not None else None
+        targets[target] = {
+            "ok": all(c.ok for c in rows),
+            "seconds": report.seconds.get(target),
+            "outputs": [_comparison(c) for c in rows],
+            "first_divergence": None
+            if first is None
+            else {
+                "value": first.name,
+                "op": first.op,
+                "scope": first.scope,
+                "source": first.source,
+                "paired_with": first.reference,
+                "paired_by": first.matched_by,
+                "max_abs": _number(first.comparison.max_abs),
+                "max_rel": _number(first.comparison.max_rel),
+            },
+        }
+    doc = {
+        "model": report.model,
+        "description": report.description,
+        "reference": report.reference,
+        "pipeline": report.pipeline,
+        "rtol": report.rtol,
+        "atol": report.atol,
+        "ok": report.ok,
+        "targets": targets,
+    }
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def render_junit(report: CheckReport) -> str:
+    """JUnit XML: a testsuite per model, a testcase per target × output (classname
+    `MODEL.TARGET`, name the output), a <failure> with the details when out of tolerance."""
+    cases = [(t, c) for t, rows in report.results.items() for c in rows]
+    failures = sum(not c.ok for _, c in cases)
+    total_time = sum(report.seconds.values())
+    counts = {"tests": str(len(cases)), "failures": str(failures), "errors": "0"}
+    root = ET.Element("testsuites", name="cgc check", time=f"{total_time:.3f}", **counts)
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        name=f"cgc check {report.model}",
+        time=f"{total_time:.3f}",
+        skipped="0",
+        **counts,
+    )
+    props = ET.SubElement(suite, "properties")
+    for key, value in [
+        ("reference", report.reference),
+        ("description", report.description),
+        ("pipeline", report.pipeline),
+        ("rtol", f"{report.rtol:g}"),
+        ("atol", f"{report.atol:g}"),
+    ]:
+        ET.SubElement(props, "property", name=key, value=value)
+    for target, c in cases:
+        share = report.seconds.get(target, 0.0) / max(1, len(report.results[target]))
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"{report.model}.{target}",
+            name=c.name,
+            time=f"{share:.3f}",
+        )
+        details = "\n".join(detail_lines(target, c, report.atol, report.rtol))
+        if not c.ok:
+            message = c.problem or (
+                f"max abs error {c.max_abs:.3e} at {_at(c.where)}, {c.mismatches} of {c.numel} "
+                f"values outside |got - ref| <= {report.atol:g} + {report.rtol:g}·|ref|"
+            )
+            failure = ET.SubElement(case, "failure", message=message, type="NumericalMismatch")
+            nodes = report.nodes.get(target)
+            failure.text = details + ("\n" + nodes.text() if nodes is not None else "")
+        ET.SubElement(case, "system-out").text = details
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def save_report(path: str | Path, text: str) -> Path:
+    """Write a report file atomically; a folder that cannot be written is the user's error."""
+    try:
+        return write_atomic(path, text.encode())
+    except OSError as e:
+        raise InputError(f"{path}: cannot write the report ({e.strerror})") from None
