@@ -198,3 +198,20 @@ def test_passes_lists_every_pass_with_description_and_options() -> None:
         # each option line is pipeline syntax with the default: it parses back to the pass
         assert [repr(p) for p in parse_pipeline(f"{name}{{{','.join(options)}}}")] == [name]
     assert "large-negative=-10000.0 (float)" in [line.strip() for line in lines]
+
+
+def test_check_onnx_file_against_ort_on_the_original(tmp_path: Path) -> None:
+    import torch
+
+    from cgc import models
+
+    module = models.build("tiny-111m")
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(module, models.example_inputs(module.config, 1, 8), str(path), dynamo=True)
+    result = cgc("check", str(path), "--backends", "onnxruntime,cerebras", "--target", "wse2")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("reference: ONNX Runtime on the original file;")
+    assert [line.split()[0] for line in lines[3:6]] == ["interpreter", "onnxruntime", "cerebras"]
+    assert all(line.split()[-1] == "ok" for line in lines[3:6])
+    assert lines[-1] == "PASS"
