@@ -14,6 +14,7 @@ that cross PEs run as chains in a fixed order, which `execute` reproduces exactl
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +73,7 @@ class Cost:
     total: int
 
 
-class Kernel:
+class Kernel(ABC):
     """A wafer kernel for one IR node on one target (subclasses implement one op family)."""
 
     # Node-input indices held resident in SRAM (weights, token-invariant operands); `execute`
@@ -97,20 +98,21 @@ class Kernel:
 
     # -- what subclasses define ----------------------------------------------------------------
 
+    @abstractmethod
     def _tile(self, rows: int, cols: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """The tiling on a rows x cols rectangle, as plain data for program.json."""
 
+    @abstractmethod
     def sram_bytes(self, rows: int, cols: int) -> int:
         """SRAM the busiest PE needs: resident operands, stream buffers, fp32 partial sums."""
-        raise NotImplementedError
 
+    @abstractmethod
     def cost(self, rows: int, cols: int) -> Cost:
         """Cycles of one pass over the node's input, split into compute, fabric and latency."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _execute(self, args: list[torch.Tensor], tiling: dict[str, Any]) -> list[torch.Tensor]:
         """The outputs from operands already rounded to the precision (see `execute`)."""
-        raise NotImplementedError
 
     # -- shared behaviour ----------------------------------------------------------------------
 
