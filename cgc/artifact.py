@@ -42,8 +42,9 @@ class Artifact(ABC):
         """Execute on `inputs` (one tensor per graph input) and return the outputs."""
 
     @abstractmethod
-    def write_files(self, folder: Path, progress: Callable[[str], None]) -> None:
-        """Write the backend's files into an empty `folder`."""
+    def write_files(self, folder: Path, progress: Callable[[str], None]) -> dict[str, str] | None:
+        """Write the backend's files into an empty `folder`; return the SHA-256 of any file it
+        already hashed while writing (by file name), so the manifest need not read it back."""
 
     def save(self, folder: str | Path, progress: Callable[[str], None] = lambda _: None) -> Path:
         """Write the artifact to `folder` atomically (replacing an existing artifact there)."""
@@ -53,7 +54,7 @@ class Artifact(ABC):
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            self.write_files(tmp, progress)
+            known = self.write_files(tmp, progress) or {}
             (tmp / "graph.cgc").write_text(str(self.graph))
             manifest = {
                 "format": FORMAT,
@@ -62,7 +63,11 @@ class Artifact(ABC):
                 "info": self.info,
                 "inputs": [_describe(v.name, v.type) for v in self.graph.inputs],
                 "outputs": [_describe(v.name, v.type) for v in self.graph.outputs],
-                "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+                "files": {
+                    p.name: known.get(p.name) or _sha256(p)
+                    for p in sorted(tmp.iterdir())
+                    if p.is_file()
+                },
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             if folder.exists():

@@ -1,5 +1,6 @@
 """Artifacts: save, load and run; incomplete, edited or newer artifacts are refused."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def test_save_load_run_round_trip(tiny, tmp_path: Path) -> None:
     assert manifest["backend"] == "onnxruntime"
     assert manifest["inputs"] == [{"dtype": "i64", "name": "input_ids", "shape": [1, 8]}]
     assert manifest["outputs"] == [{"dtype": "f32", "name": "output", "shape": [1, 8, 97]}]
+    for name, digest in manifest["files"].items():  # some are hashed while being written
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
     (got,) = cgc.load(folder).run(*inputs)
     with torch.no_grad():
         torch.testing.assert_close(got, module(*inputs), atol=1e-5, rtol=1e-5)

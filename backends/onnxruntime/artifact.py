@@ -37,9 +37,11 @@ class OrtArtifact(Artifact):
         self._scratch: tempfile.TemporaryDirectory | None = None
         self._program: OrtProgram | None = None
 
-    def write_files(self, folder: Path, progress: Callable[[str], None]) -> None:
+    def write_files(self, folder: Path, progress: Callable[[str], None]) -> dict[str, str]:
         progress(f"writing {MODEL_FILE} and its weights")
-        to_onnx(self.graph, folder / MODEL_FILE)
+        digests: dict[str, str] = {}
+        to_onnx(self.graph, folder / MODEL_FILE, digests=digests)
+        return digests
 
     @property
     def program(self) -> OrtProgram:

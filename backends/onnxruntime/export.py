@@ -6,9 +6,11 @@ references and models past protobuf's 2 GB limit export without building a huge 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,11 +32,18 @@ _ALIGN = 4096
 _PROTOBUF_LIMIT = 2**31
 
 
-def to_onnx(graph: Graph, path: str | Path, *, external_data: bool = True) -> onnx.ModelProto:
+def to_onnx(
+    graph: Graph,
+    path: str | Path,
+    *,
+    external_data: bool = True,
+    digests: dict[str, str] | None = None,
+) -> onnx.ModelProto:
     """Write `graph`, prepared for ORT, to the ONNX file `path`, its weights to `<path>.data`
     (or inline).
 
-    Returns the model proto as written (external tensors hold references, not bytes). Files are
+    Returns the model proto as written (external tensors hold references, not bytes); `digests`,
+    when given, receives the SHA-256 of the external-data file by file name. Files are
     staged in a temporary folder and moved into place at the end, so a failed export leaves
     nothing behind; the same graph gives byte-identical files.
     """
@@ -50,7 +59,9 @@ def to_onnx(graph: Graph, path: str | Path, *, external_data: bool = True) -> on
         if external_data:
             location = path.name + ".data"
             with open(staging / location, "wb") as f:
-                weights = _write_external(graph, f, location)
+                weights, digest = _write_external(graph, f, location)
+            if digests is not None:
+                digests[location] = digest
         else:
             weights = [tensor_proto(name, graph.weights[name]) for name in graph.params]
         model.graph.initializer.extend(weights)
@@ -119,17 +130,27 @@ def _check_weights(graph: Graph) -> None:
             )
 
 
-def _write_external(graph: Graph, f: BinaryIO, location: str) -> list[TensorProto]:
-    """Append each weight to `f` at a page-aligned offset; the initializers pointing at them."""
+def _write_external(graph: Graph, f: BinaryIO, location: str) -> tuple[list[TensorProto], str]:
+    """Append each weight to `f` at a page-aligned offset; the initializers pointing at them and
+    the file's SHA-256.
+
+    The digest is computed on a worker thread while the bytes are written (hashlib releases the
+    GIL), so an artifact's manifest does not read hundreds of MB of weights back.
+    """
     protos = []
-    for name, value in graph.params.items():
-        data = raw_bytes(graph.weights[name])
-        f.write(bytes(-f.tell() % _ALIGN))
-        proto = TensorProto(name=name, data_type=ONNX_DTYPES[value.dtype])
-        proto.dims.extend(value.shape)
-        proto.data_location = TensorProto.EXTERNAL
-        for key, val in (("location", location), ("offset", f.tell()), ("length", data.nbytes)):
-            proto.external_data.add(key=key, value=str(val))
-        f.write(data)
-        protos.append(proto)
-    return protos
+    digest = hashlib.sha256()
+    with ThreadPoolExecutor(max_workers=1) as hasher:  # one worker keeps updates in order
+        for name, value in graph.params.items():
+            data = raw_bytes(graph.weights[name])
+            padding = bytes(-f.tell() % _ALIGN)
+            f.write(padding)
+            hasher.submit(digest.update, padding)
+            proto = TensorProto(name=name, data_type=ONNX_DTYPES[value.dtype])
+            proto.dims.extend(value.shape)
+            proto.data_location = TensorProto.EXTERNAL
+            for key, val in (("location", location), ("offset", f.tell()), ("length", data.nbytes)):
+                proto.external_data.add(key=key, value=str(val))
+            f.write(data)
+            hasher.submit(digest.update, data)
+            protos.append(proto)
+    return protos, digest.hexdigest()
