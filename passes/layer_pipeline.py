@@ -578,21 +578,30 @@ def _annotate_free(graph: Graph, free: dict[str, int]) -> None:
             node.meta["stage"] = stage
 
 
-@register_pass
-class LayerPipeline(Pass):
-    """Give every stage a wafer region sized to balance the layer pipeline (annotates only).
+class WaferPass(Pass):
+    """A partitioning pass for one wafer: the options and the stage grouping both modes share.
 
     Options: target (wse2, wse3 or fabric:WxH) and precision (fp32, fp16, bf16, cb16).
     """
 
-    name = "layer-pipeline"
     target: str = "wse2"
     precision: str = "fp32"
 
-    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+    def stages(self, graph: Graph) -> tuple[Machine, list[Stage], dict[str, int]]:
+        """The target machine, the graph's stages, and the stage each free op rides with."""
         machine = get_machine(self.target)
         check_precision(self.precision)
-        stages, free = group_stages(graph, machine, self.precision)
+        return (machine, *group_stages(graph, machine, self.precision))
+
+
+@register_pass
+class LayerPipeline(WaferPass):
+    """Give every stage a wafer region sized to balance the layer pipeline (annotates only)."""
+
+    name = "layer-pipeline"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        machine, stages, free = self.stages(graph)
         plan = plan_pipeline(stages, machine, self.precision)
         annotate(graph, stages, free, plan)
         shapes = plan.shapes().values()

@@ -18,19 +18,18 @@ usable rectangle), and free nodes with `stage` and `step`.
 
 from __future__ import annotations
 
-from cgc.backends.cerebras.machine import Machine, get_machine
+from cgc.backends.cerebras.machine import Machine
 from cgc.backends.cerebras.planner import (
     PlanError,
     RegionCost,
     Stage,
-    group_stages,
     param_bytes,
     streaming_cycles,
 )
-from cgc.backends.cerebras.precision import BYTES, check_precision
+from cgc.backends.cerebras.precision import BYTES
 from cgc.ir import Graph
-from cgc.passes.layer_pipeline import clear
-from cgc.passes.manager import Pass, PassContext, PassResult
+from cgc.passes.layer_pipeline import WaferPass, clear
+from cgc.passes.manager import PassContext, PassResult
 from cgc.passes.registry import register_pass
 
 
@@ -102,20 +101,13 @@ def plan_streaming(
 
 
 @register_pass
-class WeightStreaming(Pass):
-    """Run one layer at a time on the whole wafer with weights streamed in (annotates only).
-
-    Options: target (wse2, wse3 or fabric:WxH) and precision (fp32, fp16, bf16, cb16).
-    """
+class WeightStreaming(WaferPass):
+    """Run one layer at a time on the whole wafer with weights streamed in (annotates only)."""
 
     name = "weight-streaming"
-    target: str = "wse2"
-    precision: str = "fp32"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        machine = get_machine(self.target)
-        check_precision(self.precision)
-        stages, free = group_stages(graph, machine, self.precision)
+        machine, stages, free = self.stages(graph)
         steps, cycles = plan_streaming(graph, stages, free, machine, self.precision)
         clear(graph)
         rect = [[machine.usable_height, machine.usable_width, machine.usable_pes]]
