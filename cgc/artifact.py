@@ -46,6 +46,14 @@ class Artifact(ABC):
         """Write the backend's files into an empty `folder`; return the SHA-256 of any file it
         already hashed while writing (by file name), so the manifest need not read it back."""
 
+    def summary(self) -> str:
+        """What `cgc compile` prints about the compiled result beyond op counts ("" for none)."""
+        return ""
+
+    def run_report(self) -> str:
+        """What `cgc run` prints after the outputs, e.g. simulated cycles ("" for none)."""
+        return ""
+
     def save(self, folder: str | Path, progress: Callable[[str], None] = lambda _: None) -> Path:
         """Write the artifact to `folder` atomically (replacing an existing artifact there)."""
         folder = Path(folder)

@@ -222,8 +222,8 @@ def compile_cmd(
         f"artifact: {folder} ({backend}; {frontend} {t_trace:.1f} s, passes {t_passes:.1f} s, "
         f"write {t_save:.1f} s, total {time.perf_counter() - start:.1f} s)"
     )
-    if hasattr(artifact, "summary"):  # a wafer plan
-        console.result(artifact.summary())
+    if summary := artifact.summary():
+        console.result(summary)
     return 0
 
 
@@ -265,8 +265,8 @@ def run_cmd(
             outputs_file, {v.name: t for v, t in zip(art.graph.outputs, outputs, strict=True)}
         )
     console.result(f"ran {artifact} ({art.backend}) in {t_run * 1e3:.1f} ms")
-    if hasattr(art, "run_report"):  # a simulated wafer reports its cycles
-        console.result(art.run_report())
+    if run_report := art.run_report():
+        console.result(run_report)
     return 0
 
 
