@@ -14,7 +14,11 @@ consecutive regions share an edge. Sizing is a binary search on T:
   regions share a width and get the fewest rows each); a band gets the least height whose
   columns fit the usable width, and T is feasible when the bands fit the usable height;
 - the least feasible T (within PERIOD_TOLERANCE) is the period; the rows and columns left over
-  go to the slowest band, column or region, the fewest that make it faster, while any does.
+  go to the slowest band, column or region, the fewest that make it faster, while any does;
+- costs fall in steps (tile rounding, weight copies), so regions end up below T by different
+  margins: rows and columns then move to the slowest from the neighbours that stay fastest
+  without them, while that makes it faster and no donor as slow (bands are judged by their
+  laid-out regions' cycles, not by the period their least widths fit).
 
 The topology (which regions share a band or a stack) comes first, from each region's
 square-rectangle area at the T where those areas fill the wafer: bands cut the pipeline order
@@ -200,6 +204,38 @@ def _spread(
         spare -= extra
 
 
+def _rebalance(
+    sizes: list[int],
+    times: list[int],
+    limit: Callable[[int], int],
+    time_at: Callable[[int, int], int | None],
+) -> None:
+    """Move rows or columns to the slowest item from the items that stay fastest without them,
+    while that makes the slowest faster and leaves every donor faster than it was. Cost steps
+    leave items below the period by different margins; trading the margins lowers it.
+    Updates `sizes` and `times`."""
+    while len(sizes) > 1:
+        j = times.index(max(times))
+        t = times[j]
+        room = min(limit(j) - sizes[j], RUGGED_WINDOW)
+        need = next((d for d in range(1, room + 1) if _faster(time_at, j, sizes[j], t, d)), None)
+        if need is None:
+            return
+        trial = list(sizes)
+        for _ in range(need):
+            after = [
+                (time_at(i, trial[i] - 1), i) for i in range(len(trial)) if i != j and trial[i] > 1
+            ]
+            donors = [(ti, i) for ti, i in after if ti is not None and ti < t]
+            if not donors:
+                return
+            trial[min(donors)[1]] -= 1
+        trial[j] += need
+        for i, size in enumerate(trial):
+            if size != sizes[i]:
+                sizes[i], times[i] = size, time_at(i, size)
+
+
 def _faster(
     time_at: Callable[[int, int], int | None], item: int, size: int, t: int, d: int
 ) -> bool:
@@ -313,10 +349,7 @@ class Sizer:
     def column_time(self, column: list[int], height: int, width: int, hi: int) -> int | None:
         """Cycles of the slowest unit of a column of this size (a stack's cells balanced)."""
         if len(column) == 1:
-            unit = column[0]
-            return (
-                self.costs[unit](height, width)[0] if self.ok(unit, height, width, None) else None
-            )
+            return self.cell_time(column[0], height, width)
 
         def fits(t: int) -> bool:
             rows = self.stack_rows(column, width, t)
@@ -359,46 +392,84 @@ class Sizer:
         return slowest
 
     def floorplan(self, units: list[Unit], bands: Bands, estimate: int) -> Floorplan | None:
-        """Balanced sizes for a topology, leftover rows and columns given to the slowest."""
+        """Balanced sizes for a topology: least heights at the period, then spare rows to the
+        slowest band and rows traded between bands by their laid-out times."""
         period = self.period(bands, estimate)
         if period is None:
             return None
         heights = self.heights(bands, period)
-        times = [self.band_time(b, h, period) for b, h in zip(bands, heights, strict=True)]
-        _spread(
-            heights,
-            times,
-            self.height - sum(heights),
-            lambda b: self.height,
-            lambda b, h: self.band_time(bands[b], h, period),
-        )
+        layout = partial(self._band_layout_time, bands, period)
+        times = [layout(b, h) for b, h in enumerate(heights)]
+        _spread(heights, times, self.height - sum(heights), lambda b: self.height, layout)
+        _rebalance(heights, times, lambda b: self.height, layout)
         widths, rows = [], []
-        for band, h, t in zip(bands, heights, times, strict=True):
-            w = [self.column_width(column, h, t) for column in band]
-            _spread(
-                w,
-                [self.column_time(c, h, wc, t) for c, wc in zip(band, w, strict=True)],
-                self.width - sum(w),
-                lambda j, h=h: h * ASPECT_LIMIT,
-                lambda j, wj, band=band, h=h, t=t: self.column_time(band[j], h, wj, t),
-            )
+        for band, h in zip(bands, heights, strict=True):
+            w, cells, _ = self.band_layout(band, h, period)
             widths.append(w)
-            rows.append([self._cells(column, h, wc, t) for column, wc in zip(band, w, strict=True)])
+            rows.append(cells)
         return Floorplan(units, bands, heights, widths, rows, max(times))
 
-    def _cells(self, column: list[int], height: int, width: int, hi: int) -> list[int]:
-        """Rows of a column's cells: balanced, then spare rows to the slowest while it helps."""
+    def band_layout(
+        self, band: list[list[int]], height: int, period: int
+    ) -> tuple[list[int], list[list[int]], int] | None:
+        """Widths of the band's columns and rows of their cells at this height (least widths
+        for the band's time, spare columns to the slowest, columns traded), and the slowest
+        cell's cycles; None when the band does not fit within the period."""
+        key = ("layout", tuple(tuple(self.costs[u].id for u in c) for c in band), height, period)
+        if key not in self._memo:
+            self._memo[key] = None
+            t = self.band_time(band, height, 2 * period)  # the layout may end up faster
+            if t is not None:
+                w = [self.column_width(column, height, t) for column in band]
+                time_at = partial(self._column_layout_time, band, height, t)
+                times = [time_at(j, wj) for j, wj in enumerate(w)]
+                limit = partial(lambda h, j: h * ASPECT_LIMIT, height)
+                _spread(w, times, self.width - sum(w), limit, time_at)
+                _rebalance(w, times, limit, time_at)
+                cells = [
+                    self.column_layout(c, height, wc, t)[0] for c, wc in zip(band, w, strict=True)
+                ]
+                self._memo[key] = (w, cells, max(times))
+        return self._memo[key]
+
+    def _band_layout_time(self, bands: Bands, period: int, b: int, height: int) -> int | None:
+        layout = self.band_layout(bands[b], height, period)
+        return None if layout is None else layout[2]
+
+    def column_layout(
+        self, column: list[int], height: int, width: int, hi: int
+    ) -> tuple[list[int], int] | None:
+        """Rows of a column's cells (balanced, spare rows to the slowest, rows traded) and the
+        slowest cell's cycles; None when the column does not fit."""
         if len(column) == 1:
-            return [height]
-        rows = self.stack_rows(column, width, self.column_time(column, height, width, hi))
-        _spread(
-            rows,
-            [self.costs[u](r, width)[0] for u, r in zip(column, rows, strict=True)],
-            height - sum(rows),
-            lambda k: width * ASPECT_LIMIT,
-            lambda k, r: self.costs[column[k]](r, width)[0],
-        )
-        return rows
+            t = self.cell_time(column[0], height, width)
+            return None if t is None else ([height], t)
+        key = ("cells", tuple(self.costs[u].id for u in column), height, width, hi)
+        if key not in self._memo:
+            self._memo[key] = None
+            t = self.column_time(column, height, width, hi)
+            rows = None if t is None else self.stack_rows(column, width, t)
+            if rows is not None:
+                time_at = partial(lambda k, r: self.cell_time(column[k], r, width))
+                times = [time_at(k, r) for k, r in enumerate(rows)]
+                limit = partial(lambda width, k: width * ASPECT_LIMIT, width)
+                _spread(rows, times, height - sum(rows), limit, time_at)
+                _rebalance(rows, times, limit, time_at)
+                self._memo[key] = (rows, max(times))
+        return self._memo[key]
+
+    def _column_layout_time(
+        self, band: list[list[int]], height: int, hi: int, j: int, width: int
+    ) -> int | None:
+        layout = self.column_layout(band[j], height, width, hi)
+        return None if layout is None else layout[1]
+
+    def cell_time(self, unit: int, rows: int, cols: int) -> int | None:
+        """Cycles of the unit on a rows x cols rectangle; None when it does not fit in SRAM or
+        is thinner than ASPECT_LIMIT allows."""
+        if max(rows, cols) > ASPECT_LIMIT * min(rows, cols) or not self.ok(unit, rows, cols, None):
+            return None
+        return self.costs[unit](rows, cols)[0]
 
     # -- the topology estimate -----------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from cgc.backends.cerebras.planner import PlanError
 from cgc.errors import InputError
 from cgc.ir import parse
 from cgc.passes import PassManager, run_passes
-from cgc.passes.layer_pipeline import _least_known, _least_scan, topologies
+from cgc.passes.layer_pipeline import _least_known, _least_scan, _rebalance, topologies
 
 MLP = """\
 graph @mlp(%x: f32[1,8,16]) {
@@ -98,3 +98,22 @@ def test_topologies_stack_regions_too_thin_for_their_band() -> None:
     # Without it, one band would make the 350-PE region 9 columns by 40 rows (over 4:1): two
     # bands of about 19 and 21 rows keep every region single and within 4:1.
     assert topologies([400, 350, 800], 40, 40)[0] == [[[0], [1]], [[2]]]
+
+
+def test_rebalance_trades_margins_to_the_slowest() -> None:
+    # Item 1's cycles fall in steps of 4 columns (tile rounding), so it needs 4 more to get
+    # faster; items 0 and 2 give 2 each, staying faster than item 1 was.
+    def time_at(item: int, size: int) -> int | None:
+        if item == 1:
+            return 1800 // (size // 4 * 4)
+        return 1000 // size if size >= 2 else None
+
+    sizes = [12, 16, 12]
+    times = [time_at(i, s) for i, s in enumerate(sizes)]
+    assert times == [83, 112, 83]
+    _rebalance(sizes, times, lambda item: 100, time_at)
+    assert (sizes, times) == ([10, 20, 10], [100, 90, 100])
+    # No trade when the columns that would make the slowest faster exceed its limit.
+    sizes, times = [12, 16, 12], [83, 112, 83]
+    _rebalance(sizes, times, lambda item: 19, time_at)
+    assert (sizes, times) == ([12, 16, 12], [83, 112, 83])

@@ -49,31 +49,21 @@ class Linear(Kernel):
         self.m = x.numel // self.k
         self.bias = len(self.in_types) == 3
         self.weight_slots = (1, 2) if self.bias else (1,)
+        self._lanes: dict[tuple[int, int], tuple[list[tuple], tuple | None]] = {}
+        self._evaluated: dict[tuple[int, int, int], tuple[int, int, int]] = {}
 
     def _tile(self, rows: int, cols: int) -> dict[str, Any]:
         """The chain and token groups that fit in SRAM with the fewest cycles (`pick_tiling`)."""
         fitting, spilling = [], []
         for chain in range(1, min(cols, MAX_CHAIN, self.k) + 1):
-            k_tile = ceil_div(self.k, chain)
-            if ceil_div(self.k, k_tile) != chain:
+            if ceil_div(self.k, ceil_div(self.k, chain)) != chain:
                 continue  # a shorter chain gives the same k_tile with more lanes
-            lanes = rows * (cols // chain)
-            groups = 1
-            while groups <= min(self.m, lanes):
-                t = {
-                    "chain": chain,
-                    "lanes": lanes,
-                    "token_groups": groups,
-                    "m_tile": ceil_div(self.m, groups),
-                    "k_tile": k_tile,
-                    "n_tile": ceil_div(self.n, lanes // groups),
-                }
-                sram, order = self._sram(t), (chain, groups)
-                if sram <= self.machine.sram_usable_bytes:
-                    fitting.append((self._cost(rows, t).total, sram, order, t))
-                else:
-                    spilling.append((sram, order, t))
-                groups *= 2
+            frontier, spill = self._lane_options(chain, rows * (cols // chain))
+            latency = self._latency(rows, chain)
+            fitting += [(cycles + latency, *rest) for cycles, *rest in frontier]
+            if spill is not None:
+                spilling.append(spill)
+        chain, lanes, groups, m_tile, k_tile, n_tile = pick_tiling(fitting, spilling)
         return {
             "kernel": "gemm",
             "style": "stationary",
@@ -82,36 +72,78 @@ class Linear(Kernel):
             "m": self.m,
             "k": self.k,
             "n": self.n,
-            **pick_tiling(fitting, spilling),
+            "chain": chain,
+            "lanes": lanes,
+            "token_groups": groups,
+            "m_tile": m_tile,
+            "k_tile": k_tile,
+            "n_tile": n_tile,
             "reduce": "chain west to east, bias at the east end",
         }
 
+    def _lane_options(self, chain: int, lanes: int) -> tuple[list[tuple], tuple | None]:
+        """Token-group counts for `lanes` lanes of `chain` PEs: the ones that fit in SRAM and are
+        faster than every one with less SRAM (cycles without latency, sram, order, tiling), and
+        the first that spills. They do not depend on the rectangle beyond chain and lanes.
+
+        The planner asks for hundreds of thousands of these, so the SRAM and cycle formulas are
+        evaluated here alone, with the machine constants in locals, and every option's
+        (compute, fabric, sram) is kept for `cost` and `sram_bytes`.
+        """
+        key = (chain, lanes)
+        if key in self._lanes:
+            return self._lanes[key]
+        mach, b = self.machine, BYTES[self.precision]
+        rate = mach.fmac_per_cycle[self.precision]
+        num, den = mach.simd_ratio
+        m, n, k_tile = self.m, self.n, ceil_div(self.k, chain)
+        vectors = k_tile + (chain > 1) + self.bias  # FMACs, the partial add, the bias add
+        x_words = m * words(k_tile, b)  # every token's x segment down each column
+        # x double buffer; per output: weight column, bias, fp32 accumulator, incoming partials
+        fixed = 2 * k_tile * b
+        per_output = k_tile * b + (b if self.bias else 0) + 4 + (8 if chain > 1 else 0)
+        frontier, spill = [], None
+        groups = 1
+        while groups <= min(m, lanes):
+            m_tile, n_tile = -(-m // groups), -(-n // (lanes // groups))
+            per_token = -(-vectors * -(-n_tile // rate) * den // num) + mach.task_overhead_cycles
+            # a lane emits fp32 partial sums (one per wavelet) or, at a chain's end, outputs
+            out = n_tile if chain > 1 else words(n_tile, b)
+            compute, fabric = m_tile * per_token, max(x_words, m_tile * out)
+            sram = fixed + per_output * n_tile
+            self._evaluated[chain, lanes, groups] = compute, fabric, sram
+            t = (chain, lanes, groups, m_tile, k_tile, n_tile)
+            if sram > mach.sram_usable_bytes:
+                spill = (sram, (chain, groups), t)
+                break  # more groups only widen each lane's weight block
+            if not frontier or max(compute, fabric) < frontier[-1][0]:
+                frontier.append((max(compute, fabric), sram, (chain, groups), t))
+            if m_tile == 1:
+                break
+            groups *= 2
+        self._lanes[key] = frontier, spill
+        return frontier, spill
+
     def sram_bytes(self, rows: int, cols: int) -> int:
         """Weight block, bias block, x double buffer, fp32 accumulator, incoming partials."""
-        return self._sram(self.tiling(rows, cols))
-
-    def _sram(self, t: dict[str, Any]) -> int:
-        b = BYTES[self.precision]
-        kt, nt = t["k_tile"], t["n_tile"]
-        incoming = 2 * nt * 4 if t["chain"] > 1 else 0
-        return kt * nt * b + (nt * b if self.bias else 0) + 2 * kt * b + nt * 4 + incoming
+        return self._option(rows, cols)[2]
 
     def cost(self, rows: int, cols: int) -> Cost:
         """Per token of a lane's group: k_tile FMAC vectors + partial add + bias. Column links
         carry every token's x segment; row links a group's partial sums or outputs."""
-        return self._cost(rows, self.tiling(rows, cols))
-
-    def _cost(self, rows: int, t: dict[str, Any]) -> Cost:
-        m, b = self.machine, BYTES[self.precision]
-        kt, nt, chain = t["k_tile"], t["n_tile"], t["chain"]
-        vec = m.vector_cycles(nt, self.precision)
-        peak = kt * vec + (vec if chain > 1 else 0) + (vec if self.bias else 0)
-        per_token = m.sustained_cycles(peak) + m.task_overhead_cycles
-        partial = nt if chain > 1 else 0  # fp32 partial sums, one per wavelet
-        compute = t["m_tile"] * per_token
-        fabric = max(self.m * words(kt, b), t["m_tile"] * max(partial, words(nt, b)))
-        latency = m.hop_latency_cycles * (rows + chain) + m.task_overhead_cycles
+        compute, fabric, _ = self._option(rows, cols)
+        latency = self._latency(rows, self.tiling(rows, cols)["chain"])
         return Cost(compute, fabric, latency, max(compute, fabric) + latency)
+
+    def _option(self, rows: int, cols: int) -> tuple[int, int, int]:
+        """(compute, fabric, sram) of the tiling chosen for the rectangle."""
+        t = self.tiling(rows, cols)
+        return self._evaluated[t["chain"], t["lanes"], t["token_groups"]]
+
+    def _latency(self, rows: int, chain: int) -> int:
+        """Fill and drain: a token crosses the rows, its partial sums the chain."""
+        m = self.machine
+        return m.hop_latency_cycles * (rows + chain) + m.task_overhead_cycles
 
     def _execute(self, args, tiling):
         x, w = args[0], args[1]
