@@ -6,6 +6,11 @@ threads, CPU provider); eager PyTorch runs under torch.no_grad with the same thr
 Batch 1, seeded random weights. After a warm-up, the three run in turn, round after round, in
 one process, so drifts in machine load hit all of them alike; times are medians over rounds.
 
+A fourth contender bounds what any fusion can reach: "floor", an ONNX model that runs nothing
+but the matrix products every GPT forward pass must compute (each layer's QKV, output and two
+MLP projections, and the vocabulary projection, as Gemm/MatMul on the same shapes), with no
+attention, normalisation or activation at all. No lowering of the full model can run faster.
+
 The runtimes must not slow each other down. ORT's worker threads keep spinning for about 40 ms
 of CPU after a run, so each timed run waits PAUSE first, and the order rotates every round.
 PyTorch's OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, unless set): spin-waiting
@@ -33,6 +38,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import cgc  # noqa: E402
 from cgc import models  # noqa: E402
@@ -73,6 +79,39 @@ def kernel_times(path: Path, ids: torch.Tensor, threads: int, runs: int = 5) -> 
     return f"{sum(totals.values()):.0f} ms: " + ", ".join(f"{k} {v:.1f}" for k, v in ranked)
 
 
+def gemm_floor(config: models.GPTConfig, seq_len: int, path: Path) -> Path:
+    """An ONNX model of only the projections' matrix products (see the module docstring).
+
+    Every product reads a graph input and is a graph output, so ORT can neither fold nor drop
+    it; weights are initializers, as in the real models, so ORT prepacks them alike.
+    """
+    d, f, v = config.n_embd, config.n_inner, config.vocab_size
+    rng = np.random.default_rng(0)
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq_len, d]),
+        helper.make_tensor_value_info("h", TensorProto.FLOAT, [seq_len, f]),
+    ]
+    nodes, weights, outputs = [], [], []
+
+    def product(source: str, k: int, n: int, name: str, op: str = "Gemm") -> None:
+        w = rng.standard_normal((k, n), dtype=np.float32) * 0.02
+        weights.append(numpy_helper.from_array(w, f"{name}_w"))
+        nodes.append(helper.make_node(op, [source, f"{name}_w"], [name]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [seq_len, n]))
+
+    for layer in range(config.n_layer):
+        product("x", d, 3 * d, f"qkv{layer}")
+        product("x", d, d, f"proj{layer}")
+        product("x", d, f, f"fc{layer}")
+        product("h", f, d, f"fc_proj{layer}")
+    product("x", d, v, "lm_head", op="MatMul")
+    graph = helper.make_graph(nodes, "gemm_floor", inputs, outputs, weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.parent.mkdir()
+    onnx.save(model, str(path), save_as_external_data=True, location="weights.bin")
+    return path
+
+
 def op_types(path: Path) -> str:
     """The node counts of an ONNX file by op type, most frequent first."""
     counts: dict[str, int] = {}
@@ -99,12 +138,19 @@ def measure(
         with torch.no_grad():
             return module(ids)
 
+    floor_path = gemm_floor(module.config, seq_len, folder / f"floor_{seq_len}" / "model.onnx")
+    floor = session(floor_path, threads)
+    floor_feeds = {
+        i.name: np.random.default_rng(1).standard_normal(i.shape, dtype=np.float32)
+        for i in floor.get_inputs()
+    }
     contenders = {
         "cgc": runner(session(cgc_path, threads), ids),
         "export": runner(session(export_path, threads), ids),
         "eager": eager,
+        "floor": lambda: floor.run(None, floor_feeds),
     }
-    outputs = {name: torch.as_tensor(run()) for name, run in contenders.items()}
+    outputs = {name: torch.as_tensor(contenders[name]()) for name in ("cgc", "export", "eager")}
     for name in ("cgc", "export"):
         err = (outputs[name] - outputs["eager"]).abs().max().item()
         if err > 1e-3:
@@ -148,17 +194,32 @@ def main() -> None:
             rows.append((seq_len, times))
     # "per round": the median of each round's cgc/export, which a drift in machine load that
     # spans several rounds affects less than the ratio of the medians
-    header = ("seq", "cgc ms", "export ms", "eager ms", "cgc/export", "cgc/eager", "per round")
-    print("".join(f"{h:>11}" for h in header))
+    header = (
+        "seq",
+        "cgc ms",
+        "export ms",
+        "eager ms",
+        "floor ms",
+        "cgc/export",
+        "cgc/eager",
+        "per round",
+        "floor/export",
+    )
+    print("".join(f"{h:>13}" for h in header))
     for seq_len, t in rows:
         median = {name: statistics.median(values) for name, values in t.items()}
         per_round = statistics.median(c / x for c, x in zip(t["cgc"], t["export"], strict=True))
-        ms = [median[name] * 1e3 for name in ("cgc", "export", "eager")]
-        ratios = [median["cgc"] / median["export"], median["cgc"] / median["eager"], per_round]
+        ms = [median[name] * 1e3 for name in ("cgc", "export", "eager", "floor")]
+        ratios = [
+            median["cgc"] / median["export"],
+            median["cgc"] / median["eager"],
+            per_round,
+            median["floor"] / median["export"],
+        ]
         print(
-            f"{seq_len:>11}"
-            + "".join(f"{x:>11.1f}" for x in ms)
-            + "".join(f"{r:>11.3f}" for r in ratios)
+            f"{seq_len:>13}"
+            + "".join(f"{x:>13.1f}" for x in ms)
+            + "".join(f"{r:>13.3f}" for r in ratios)
         )
 
 

@@ -1,6 +1,6 @@
 """Wafer plan quality for every Cerebras-GPT size on WSE-2 and WSE-3.
 
-    PYTHONPATH=. python bench/plan_quality.py [--seq-len 128] [--precision fp32] [--sizes 111m,13b]
+    python bench/plan_quality.py [--seq-len 128] [--precision fp32] [--sizes 111m,13b]
 
 Models are built on the meta device (planning needs shapes, not weights) and traced once per
 size. Per size and target the table gives the mode chosen, the regions, bottleneck over mean

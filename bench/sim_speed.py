@@ -1,6 +1,6 @@
 """Functional wafer simulation speed against eager PyTorch, measured in the same run.
 
-    PYTHONPATH=. python bench/sim_speed.py [--model cerebras-gpt-111m] [--seq-len 128]
+    python bench/sim_speed.py [--model cerebras-gpt-111m] [--seq-len 128]
         [--target wse2] [--precision fp32] [--repeat 5] [--threads N]
 
 Compiles the model for the wafer, then times eager PyTorch and the simulator (program as
