@@ -160,7 +160,7 @@ def test_compile_run_check_on_a_python_file(tmp_path: Path, monkeypatch) -> None
     assert "m: 36 parameters, weights from m.py" in result.stdout
     assert "ops: gelu 1, linear 1" in result.stdout
     assert "artifact: art (cerebras;" in result.stdout  # the default backend: a wafer plan
-    assert "wafer: wse2, pipelined, fp32; 1 regions" in result.stdout
+    assert "wafer: wse2, pipelined, fp32; 1 region," in result.stdout
     run = cgc("run", "art")
     assert run.exit_code == 0, run.output
     assert run.stdout.startswith("output: f32[2,4]  mean ")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from cgc.ir.printer import format_attr
+from cgc.text import count
 
 _SHOWN_ELSEWHERE = ("kernel", "rows", "cols", "reduce")
 
@@ -60,7 +61,8 @@ def render(program: dict[str, Any]) -> str:
         f"{u['cols']}x{u['rows']} from x={u['x']} y={u['y']}, {m['sram_usable_bytes']:,} B SRAM "
         f"per PE, {m['clock_hz'] / 1e6:g} MHz, {m['colors']} colors",
         f"mode {program['mode']}, precision {program['precision']} (fp32 accumulation); "
-        f"{len(program['regions'])} regions in {len(program['schedule'])} stages; weights: "
+        f"{count(len(program['regions']), 'region')} in "
+        f"{count(len(program['schedule']), 'stage')}; weights: "
         + (weights["file"] or f"none ({weights['reason']})"),
         f"inputs {', '.join('%' + n for n in program['inputs'])}; "
         f"outputs {', '.join('%' + n for n in program['outputs'])}",
@@ -98,7 +100,7 @@ def render(program: dict[str, Any]) -> str:
                 lines += [f"    {text}" for text in _kernel_line(entry)]
             for route in sends.get(rid, []):
                 targets = ", ".join(
-                    f"region {t} ({h} hop{'s' if h != 1 else ''})"
+                    f"region {t} ({count(h, 'hop')})"
                     for t, h in zip(route["targets"], route["hops"], strict=True)
                 )
                 lines.append(f"    sends %{route['value']} to {targets} on color {route['color']}")

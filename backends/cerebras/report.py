@@ -21,6 +21,8 @@ from math import prod
 from statistics import mean
 from typing import Any
 
+from cgc.text import count
+
 
 def tokens(program: dict[str, Any]) -> int:
     """Tokens in one pass: the first input's elements (ids), or its rows (features)."""
@@ -107,8 +109,8 @@ def render(report: dict[str, Any], *, per_region: bool = True) -> str:
     b = r["bottleneck"]
     where = f"region {b['region']}" if "region" in b else f"step {b['step']}"
     lines = [
-        f"wafer: {r['machine']}, {r['mode']}, {r['precision']}; {len(r['regions'])} regions, "
-        f"{r['pes_assigned']:.1%} of usable PEs assigned",
+        f"wafer: {r['machine']}, {r['mode']}, {r['precision']}; "
+        f"{count(len(r['regions']), 'region')}, {r['pes_assigned']:.1%} of usable PEs assigned",
         f"period {r['period_cycles']:,} cycles (bottleneck {where}, {b['cycles']:,} cycles; "
         f"bottleneck/mean stage {r['bottleneck_over_mean']:.3f})",
         f"throughput {r['tokens_per_s']:,.0f} tokens/s ({r['tokens_per_pass']} tokens per pass); "

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cgc.text import count
+
 
 def _layer_colors(layers: list[str]) -> dict[str, Any]:
     from matplotlib import colormaps
@@ -99,7 +101,7 @@ def draw(program: dict[str, Any], path: Path) -> None:
                 ys = [p[1] + 0.5 for p in leg]
                 ax.plot(xs, ys, color="white", linewidth=0.5, linestyle=":")
         used = sum(r["pes"] for r in regions) / (u["cols"] * u["rows"])
-        title = f"layer pipeline: {len(regions)} regions, {used:.1%} of usable PEs"
+        title = f"layer pipeline: {count(len(regions), 'region')}, {used:.1%} of usable PEs"
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_aspect("equal")
