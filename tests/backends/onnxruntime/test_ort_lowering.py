@@ -128,6 +128,16 @@ CASES: dict[str, tuple[str, str]] = {
         "param %w: f32[90,8]\nparam %b: f32[90]\n"
         "%y = qkv_attention(%x, %w, %b) {causal=true, num_heads=3, scale=0.1} : f32[2,6,30]",
     ),
+    "qkv_attention:query_blocks": (  # 2 causal blocks of 260 queries, the second with past
+        "%x: f32[1,520,8]",
+        "param %w: f32[24,8]\nparam %b: f32[24]\n"
+        "%y = qkv_attention(%x, %w, %b) {causal=true, num_heads=2, scale=0.5} : f32[1,520,8]",
+    ),
+    "qkv_attention:query_blocks_no_bias": (
+        "%x: f32[2,768,8]",
+        "param %w: f32[24,8]\n"
+        "%y = qkv_attention(%x, %w) {causal=true, num_heads=2, scale=0.5} : f32[2,768,8]",
+    ),
     "qkv_attention:no_bias": (
         "%x: f32[2,5,8]",
         "param %w: f32[36,8]\n"
@@ -286,3 +296,20 @@ def test_unsupported_op_names_op_and_source(monkeypatch) -> None:
         "the onnxruntime backend cannot lower op 'gelu' (model.py:7); "
         "decompose it into primitives before export"
     )
+
+
+def test_long_causal_qkv_attention_runs_in_query_blocks() -> None:
+    nodes = build_model(_graph("qkv_attention:query_blocks_no_bias")).graph.node
+    assert [n.op_type for n in nodes] == ["Transpose"] + ["Slice", "Attention"] * 3 + ["Concat"]
+    attentions = [n for n in nodes if n.op_type == "Attention"]
+    assert [list(n.input) for n in attentions] == [
+        ["y/slice", "y/transpose", "", ""],
+        ["y/slice_1", "y/transpose", "", "", "y/present"],
+        ["y/slice_2", "y/transpose", "", "", "y/present_1"],
+    ]
+    assert [list(n.output) for n in attentions] == [
+        ["y/block", "y/present"],
+        ["y/block_1", "y/present_1"],
+        ["y/block_2", "y/present_2"],
+    ]
+    assert list(nodes[-1].input) == ["y/block", "y/block_1", "y/block_2"]
