@@ -9,30 +9,45 @@ the interpreter against the backend with every value marked as an output.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from cgc import driver
 from cgc.debug.node_compare import NodeReport, compare_graphs
 from cgc.debug.numerics import Comparison, compare_all
-from cgc.errors import CgcError, ModelError
+from cgc.errors import CgcError, InputError, ModelError
 from cgc.ir import Graph, interpret
 
 INTERPRETER = "interpreter"
 
 
+class Tolerance(NamedTuple):
+    """An element is within tolerance when |got - ref| <= atol + rtol·|ref|."""
+
+    rtol: float
+    atol: float
+
+    def text(self) -> str:
+        """The condition, as the reports print it."""
+        return f"|got - ref| <= {self.atol:g} + {self.rtol:g}·|ref|"
+
+
 @dataclass
 class CheckReport:
-    """Per target and output: errors against the reference, and where a mismatch starts."""
+    """Per target and output: errors against the reference, and where a mismatch starts.
+
+    Each target has its own tolerance: a 16-bit wafer is held to a looser one than the fp32
+    interpreter in the same run.
+    """
 
     model: str
     description: str
     reference: str
-    rtol: float
-    atol: float
+    tolerances: dict[str, Tolerance]  # per target
     results: dict[str, list[Comparison]] = field(default_factory=dict)
     pipeline: str = "default"
     seconds: dict[str, float] = field(default_factory=dict)  # compile + run, per target
@@ -126,6 +141,7 @@ def check_model(
     *,
     rtol: float = 1e-4,
     atol: float = 1e-4,
+    tolerances: Mapping[str, tuple[float, float]] | None = None,
     pipeline: str = "default",
     batch: int | None = None,
     seq_len: int | None = None,
@@ -136,7 +152,8 @@ def check_model(
 ) -> CheckReport:
     """Compare the IR interpreter and each backend with the reference on MODEL.
 
-    `wafer` holds the cerebras backend's options (target, precision) when it is checked.
+    `tolerances` and `rtol`/`atol` are as for check_reference. `wafer` holds the cerebras
+    backend's options (target, precision) when it is checked.
     """
     for name in backends:
         driver.get_backend(name)  # unknown names fail before the long steps
@@ -144,7 +161,14 @@ def check_model(
         spec, batch=batch, seq_len=seq_len, seed=seed, input_shapes=input_shapes, progress=progress
     )
     return check_reference(
-        ref, backends, rtol=rtol, atol=atol, pipeline=pipeline, wafer=wafer, progress=progress
+        ref,
+        backends,
+        rtol=rtol,
+        atol=atol,
+        tolerances=tolerances,
+        pipeline=pipeline,
+        wafer=wafer,
+        progress=progress,
     )
 
 
@@ -154,11 +178,21 @@ def check_reference(
     *,
     rtol: float = 1e-4,
     atol: float = 1e-4,
+    tolerances: Mapping[str, tuple[float, float]] | None = None,
     pipeline: str = "default",
     wafer: dict[str, str] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> CheckReport:
-    """Run the pipeline on the reference's graph, then the interpreter and each backend."""
+    """Run the pipeline on the reference's graph, then the interpreter and each backend.
+
+    `tolerances` maps a target (INTERPRETER or a backend) to its (rtol, atol), since targets
+    computing in another precision (a 16-bit wafer) need their own; the others use rtol, atol.
+    """
+    targets = [INTERPRETER, *backends]
+    given = tolerances or {}
+    if unknown := sorted(set(given) - set(targets)):
+        raise InputError(f"tolerances given for {', '.join(unknown)}, which are not checked")
+    tols = {t: Tolerance(*given.get(t, (rtol, atol))) for t in targets}
     traced = ref.graph.copy()
     graph = driver.run_passes(ref.graph, pipeline)
     shapes = ", ".join(f"{list(t.shape)}" for t in ref.inputs)
@@ -166,14 +200,13 @@ def check_reference(
         ref.name,
         f"inputs {shapes}, weights {ref.weights}",
         ref.description,
-        rtol,
-        atol,
+        tols,
         pipeline=pipeline,
     )
     names = [v.name for v in graph.outputs]
     if len(names) != len(ref.outputs):
         raise CgcError(f"the graph has {len(names)} outputs, the reference gave {len(ref.outputs)}")
-    for target in [INTERPRETER, *backends]:
+    for target, tol in tols.items():
         if target == INTERPRETER:
             progress("running the IR interpreter ...")
         else:
@@ -186,14 +219,14 @@ def check_reference(
             options = (wafer or {}) if target == "cerebras" else {}
             got = driver.compile_graph(graph, target, info, **options).run(*ref.inputs)
         report.seconds[target] = time.perf_counter() - start
-        report.results[target] = compare_all(names, got, ref.outputs, rtol=rtol, atol=atol)
+        report.results[target] = compare_all(names, got, ref.outputs, rtol=tol.rtol, atol=tol.atol)
         if not all(c.ok for c in report.results[target]):
             progress(f"per-node comparison for {target} ...")
             if target == INTERPRETER:
-                nodes = compare_graphs(traced, graph, ref.inputs, rtol=rtol, atol=atol)
+                nodes = compare_graphs(traced, graph, ref.inputs, rtol=tol.rtol, atol=tol.atol)
             else:
                 nodes = compare_graphs(
-                    graph, graph, ref.inputs, rtol=rtol, atol=atol, candidate_backend=target
+                    graph, graph, ref.inputs, rtol=tol.rtol, atol=tol.atol, candidate_backend=target
                 )
             report.nodes[target] = nodes
     return report

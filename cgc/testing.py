@@ -17,7 +17,7 @@ the test in pytest's own JUnit XML (`pytest --junitxml`). Enable it in a conftes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -33,12 +33,18 @@ def check_backends(
     *,
     rtol: float = 1e-4,
     atol: float = 1e-4,
+    tolerances: Mapping[str, tuple[float, float]] | None = None,
     pipeline: str = "default",
 ) -> CheckReport:
-    """The `cgc check` report for a module: the IR interpreter and each backend against eager."""
+    """The `cgc check` report for a module: the IR interpreter and each backend against eager.
+
+    `tolerances` maps a target to its (rtol, atol) where it differs from rtol and atol.
+    """
     name = type(module).__name__
     ref = module_reference(module, example_inputs, name, f"from the {name} module")
-    return check_reference(ref, list(backends), rtol=rtol, atol=atol, pipeline=pipeline)
+    return check_reference(
+        ref, list(backends), rtol=rtol, atol=atol, tolerances=tolerances, pipeline=pipeline
+    )
 
 
 def assert_backends_close(
@@ -48,14 +54,22 @@ def assert_backends_close(
     *,
     rtol: float = 1e-4,
     atol: float = 1e-4,
+    tolerances: Mapping[str, tuple[float, float]] | None = None,
     pipeline: str = "default",
 ) -> CheckReport:
-    """Assert that the interpreter and every backend match eager PyTorch within tolerance.
+    """Assert that the interpreter and every backend match eager PyTorch within tolerance
+    (`tolerances` as for check_backends).
 
     Raises AssertionError carrying the full report; returns the report when all match.
     """
     report = check_backends(
-        module, example_inputs, backends, rtol=rtol, atol=atol, pipeline=pipeline
+        module,
+        example_inputs,
+        backends,
+        rtol=rtol,
+        atol=atol,
+        tolerances=tolerances,
+        pipeline=pipeline,
     )
     if not report.ok:
         raise AssertionError("cgc: backends differ from eager PyTorch\n" + report.text())
@@ -64,8 +78,9 @@ def assert_backends_close(
 
 @pytest.fixture
 def cgc_check(record_property: Callable[[str, Any], None]) -> Callable[..., CheckReport]:
-    """`cgc_check(module, example_inputs, backends=[...], rtol=..., atol=..., pipeline=...)`:
-    assert_backends_close, recording `TARGET.OUTPUT.max_abs` / `.max_rel` test properties."""
+    """`cgc_check(module, example_inputs, backends=[...], rtol=..., atol=..., tolerances=...,
+    pipeline=...)`: assert_backends_close, recording `TARGET.OUTPUT.max_abs` / `.max_rel` test
+    properties."""
 
     def check(
         module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], **options: Any

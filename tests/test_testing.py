@@ -26,6 +26,15 @@ def test_assert_backends_close_returns_the_report(tiny) -> None:
     assert report.model == "GPT" and report.reference == "eager PyTorch"
 
 
+def test_per_target_tolerances_pass_through(tiny) -> None:
+    from cgc.testing import assert_backends_close
+
+    module, inputs = tiny
+    tolerances = {"onnxruntime": (1e-3, 1e-2)}
+    report = assert_backends_close(module, inputs, backends=["onnxruntime"], tolerances=tolerances)
+    assert report.tolerances == {"interpreter": (1e-4, 1e-4), "onnxruntime": (1e-3, 1e-2)}
+
+
 def test_a_mismatch_fails_with_the_report_in_the_message(tiny) -> None:
     from cgc.testing import assert_backends_close
 

@@ -1,8 +1,10 @@
 """The `cgc check` report as text, JSON and JUnit XML (what CI dashboards read).
 
-Text: a table of max abs / max rel error per target and output, then for each the error
-percentiles, where the largest error is (both values), a histogram of the absolute error per
-decade, and for a target out of tolerance the per-node report naming the first diverging node.
+Text: a line per distinct tolerance naming its targets (a 16-bit wafer has a looser one than
+the fp32 targets), a table of max abs / max rel error per target and output, then for each the
+error percentiles, where the largest error is (both values), a histogram of the absolute error
+per decade, and for a target out of tolerance the per-node report naming the first diverging
+node.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from cgc.debug.numerics import Bin, Comparison
 from cgc.errors import InputError
 
 if TYPE_CHECKING:
-    from cgc.check import CheckReport
+    from cgc.check import CheckReport, Tolerance
 
 _BAR = 40
 
@@ -46,7 +48,7 @@ def histogram_lines(bins: tuple[Bin, ...], indent: str = "    ") -> list[str]:
     ]
 
 
-def detail_lines(target: str, c: Comparison, atol: float, rtol: float) -> list[str]:
+def detail_lines(target: str, c: Comparison, tol: Tolerance) -> list[str]:
     """Percentiles, the worst element and the histogram of one output."""
     if c.problem:
         return [f"{target} / {c.name}: {c.problem}"]
@@ -55,18 +57,26 @@ def detail_lines(target: str, c: Comparison, atol: float, rtol: float) -> list[s
         f"{target} / {c.name}: {c.mismatches} of {c.numel} values out of tolerance; "
         f"abs error {pct}",
         f"  max abs error at {_at(c.where)}: got {c.got_at:.9g}, reference {c.ref_at:.9g} "
-        f"(allowed {atol + rtol * abs(c.ref_at):.3e}); max rel error at {_at(c.where_rel)}",
+        f"(allowed {tol.atol + tol.rtol * abs(c.ref_at):.3e}); max rel error at {_at(c.where_rel)}",
         "  abs error histogram:",
     ]
     return lines + histogram_lines(c.histogram)
+
+
+def tolerance_lines(report: CheckReport) -> list[str]:
+    """`tolerance |got - ref| <= ...: TARGET, ...`, one line per distinct tolerance."""
+    targets: dict[Tolerance, list[str]] = {}
+    for target, tol in report.tolerances.items():
+        targets.setdefault(tol, []).append(target)
+    return [f"tolerance {tol.text()}: {', '.join(names)}" for tol, names in targets.items()]
 
 
 def render_text(report: CheckReport) -> str:
     """The human-readable report (what `cgc check` prints)."""
     lines = [
         f"{report.model}: {report.description}",
-        f"reference: {report.reference}; "
-        f"tolerance |got - ref| <= {report.atol:g} + {report.rtol:g}·|ref|",
+        f"reference: {report.reference}",
+        *tolerance_lines(report),
         f"{'target':<14} {'output':<12} {'max abs':>10} {'max rel':>10}  [at]         status",
     ]
     for target, rows in report.results.items():
@@ -74,7 +84,7 @@ def render_text(report: CheckReport) -> str:
             lines.append(f"{target:<14} {c.row():<48} {'ok' if c.ok else 'MISMATCH'}")
     for target, rows in report.results.items():
         for c in rows:
-            lines += detail_lines(target, c, report.atol, report.rtol)
+            lines += detail_lines(target, c, report.tolerances[target])
     for target, nodes in report.nodes.items():
         lines.append(f"{target}: where the mismatch starts")
         lines += ["  " + line for line in nodes.text().splitlines()]
@@ -120,8 +130,11 @@ def render_json(report: CheckReport) -> str:
     for target, rows in report.results.items():
         nodes = report.nodes.get(target)
         first = nodes.first_divergence if nodes is not None else None
+        tol = report.tolerances[target]
         targets[target] = {
             "ok": all(c.ok for c in rows),
+            "rtol": _number(tol.rtol),
+            "atol": _number(tol.atol),
             "seconds": report.seconds.get(target),
             "outputs": [_comparison(c) for c in rows],
             "first_divergence": None
@@ -142,8 +155,6 @@ def render_json(report: CheckReport) -> str:
         "description": report.description,
         "reference": report.reference,
         "pipeline": report.pipeline,
-        "rtol": report.rtol,
-        "atol": report.atol,
         "ok": report.ok,
         "targets": targets,
     }
@@ -152,7 +163,8 @@ def render_json(report: CheckReport) -> str:
 
 def render_junit(report: CheckReport) -> str:
     """JUnit XML: a testsuite per model, a testcase per target × output (classname
-    `MODEL.TARGET`, name the output), a <failure> with the details when out of tolerance."""
+    `MODEL.TARGET`, name the output, its target's rtol and atol as properties), a <failure>
+    with the details when out of tolerance."""
     cases = [(t, c) for t, rows in report.results.items() for c in rows]
     failures = sum(not c.ok for _, c in cases)
     total_time = sum(report.seconds.values())
@@ -171,8 +183,6 @@ def render_junit(report: CheckReport) -> str:
         ("reference", report.reference),
         ("description", report.description),
         ("pipeline", report.pipeline),
-        ("rtol", f"{report.rtol:g}"),
-        ("atol", f"{report.atol:g}"),
     ]:
         ET.SubElement(props, "property", name=key, value=value)
     for target, c in cases:
@@ -184,11 +194,15 @@ def render_junit(report: CheckReport) -> str:
             name=c.name,
             time=f"{share:.3f}",
         )
-        details = "\n".join(detail_lines(target, c, report.atol, report.rtol))
+        tol = report.tolerances[target]
+        case_props = ET.SubElement(case, "properties")
+        for key, value in [("rtol", tol.rtol), ("atol", tol.atol)]:
+            ET.SubElement(case_props, "property", name=key, value=f"{value:g}")
+        details = "\n".join(detail_lines(target, c, tol))
         if not c.ok:
             message = c.problem or (
                 f"max abs error {c.max_abs:.3e} at {_at(c.where)}, {c.mismatches} of {c.numel} "
-                f"values outside |got - ref| <= {report.atol:g} + {report.rtol:g}·|ref|"
+                f"values outside {tol.text()}"
             )
             failure = ET.SubElement(case, "failure", message=message, type="NumericalMismatch")
             nodes = report.nodes.get(target)

@@ -6,11 +6,14 @@ import json
 import math
 import xml.etree.ElementTree as ET
 
+import pytest
 import torch
 
-from cgc.check import CheckReport
+from cgc.check import CheckReport, Tolerance
 from cgc.debug.numerics import Bin, compare, histogram
 from cgc.debug.report import render_junit, render_text
+
+TABLE = "target         output          max abs    max rel  [at]         status"
 
 
 def test_comparison_statistics_are_exact() -> None:
@@ -40,16 +43,16 @@ def test_comparison_statistics_are_exact() -> None:
         Bin(0.0, 1e-1, 2),
         Bin(1e-1, 1.0, 1),
     )
-    assert (
-        "    == 0               59 |########################################"
-        in render_text(CheckReport("m", "d", "ref", 0.0, 1e-4, {"t": [c]})).splitlines()
-    )
+    report = CheckReport("m", "d", "ref", {"t": Tolerance(0.0, 1e-4)}, {"t": [c]})
+    bar = "    == 0               59 |########################################"
+    assert bar in render_text(report).splitlines()
 
 
 def test_shape_mismatches_and_non_finite_values_are_reported() -> None:
     c = compare("y", torch.zeros(2, 3), torch.zeros(3, 2), rtol=0, atol=0)
     assert not c.ok and c.problem == "shape [2, 3] differs from the reference's [3, 2]"
-    report = CheckReport("m", "d", "eager PyTorch", 1e-4, 1e-4, {"interpreter": [c]})
+    tolerances = {"interpreter": Tolerance(1e-4, 1e-4)}
+    report = CheckReport("m", "d", "eager PyTorch", tolerances, {"interpreter": [c]})
     doc = json.loads(report.json())
     assert doc["targets"]["interpreter"]["outputs"][0]["max_abs"] == "inf"
     assert "interpreter / y: shape [2, 3] differs" in render_text(report)
@@ -89,17 +92,77 @@ def test_check_writes_json_and_junit_with_one_testcase_per_output(tmp_path, cgc)
         "reference": "eager PyTorch",
         "description": "inputs [1, 8], weights random (seed 0)",
         "pipeline": "default",
-        "rtol": "0.0001",
-        "atol": "0.0001",
     }
+    for case in cases:
+        tolerance = {p.get("name"): p.get("value") for p in case.find("properties")}
+        assert tolerance == {"rtol": "0.0001", "atol": "0.0001"}
 
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["ok"] is True and list(doc["targets"]) == ["interpreter", "onnxruntime"]
+    assert "rtol" not in doc and "atol" not in doc  # per target: they may differ
+    assert [(t["rtol"], t["atol"]) for t in doc["targets"].values()] == [(1e-4, 1e-4)] * 2
     out = doc["targets"]["onnxruntime"]["outputs"][0]
     assert (out["name"], out["numel"], out["mismatches"], list(out["percentiles"])) == (
         "output", 776, 0, ["p50", "p90", "p99"],
     )  # fmt: skip
     assert sum(b["count"] for b in out["histogram"]) == 776
+
+
+def test_only_a_16_bit_wafer_is_held_to_32_unit_roundoffs(tmp_path, cgc) -> None:
+    result = cgc(
+        "check", "tiny-111m", "--seq-len", "8", "--backends", "onnxruntime,cerebras",
+        "--precision", "bf16", "--target", "fabric:32x32",
+        "--json", tmp_path / "r.json", "--junit", tmp_path / "r.xml",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[:5] == [
+        "tiny-111m: inputs [1, 8], weights random (seed 0)",
+        "reference: eager PyTorch",
+        "tolerance |got - ref| <= 0.0001 + 0.0001·|ref|: interpreter, onnxruntime",
+        "tolerance |got - ref| <= 0.125 + 0.125·|ref|: cerebras",  # 32 · 2^-8
+        TABLE,
+    ]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert {t: (r["rtol"], r["atol"]) for t, r in doc["targets"].items()} == {
+        "interpreter": (1e-4, 1e-4),
+        "onnxruntime": (1e-4, 1e-4),
+        "cerebras": (0.125, 0.125),
+    }
+    cases = ET.parse(tmp_path / "r.xml").getroot().iter("testcase")
+    assert {
+        c.get("classname"): {p.get("name"): p.get("value") for p in c.find("properties")}
+        for c in cases
+    } == {
+        "tiny-111m.interpreter": {"rtol": "0.0001", "atol": "0.0001"},
+        "tiny-111m.onnxruntime": {"rtol": "0.0001", "atol": "0.0001"},
+        "tiny-111m.cerebras": {"rtol": "0.125", "atol": "0.125"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("given", "lines"),
+    [
+        (  # rtol 0 everywhere; atol stays per target (the fp16 wafer's: 32 · 2^-11)
+            ["--rtol", "0"],
+            [
+                "tolerance |got - ref| <= 0.0001 + 0·|ref|: interpreter",
+                "tolerance |got - ref| <= 0.015625 + 0·|ref|: cerebras",
+            ],
+        ),
+        (
+            ["--rtol", "0.5", "--atol", "0.5"],
+            ["tolerance |got - ref| <= 0.5 + 0.5·|ref|: interpreter, cerebras"],
+        ),
+    ],
+)
+def test_given_rtol_and_atol_apply_to_every_target(cgc, given, lines) -> None:
+    result = cgc(
+        "check", "tiny-111m", "--seq-len", "8", "--backends", "cerebras", "--precision", "fp16",
+        "--target", "fabric:32x32", *given,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    header = result.stdout.splitlines()
+    assert header[2 : header.index(TABLE)] == lines
 
 
 def test_mismatches_exit_1_with_failures_and_the_first_diverging_node(tmp_path, cgc) -> None:
@@ -122,7 +185,8 @@ def test_mismatches_exit_1_with_failures_and_the_first_diverging_node(tmp_path, 
 def test_junit_escapes_text_and_counts_failures() -> None:
     ok = compare("a<b>&", torch.ones(3), torch.ones(3), rtol=0, atol=0)
     bad = compare("c", torch.ones(3), torch.zeros(3), rtol=0, atol=0)
-    report = CheckReport('m"1', "d", "ref", 0.0, 0.0, {"t": [ok, bad]}, seconds={"t": 0.5})
+    tolerances = {"t": Tolerance(0.0, 0.0)}
+    report = CheckReport('m"1', "d", "ref", tolerances, {"t": [ok, bad]}, seconds={"t": 0.5})
     root = ET.fromstring(render_junit(report))
     assert (root.get("tests"), root.get("failures"), root.get("time")) == ("2", "1", "0.500")
     cases = root.find("testsuite").findall("testcase")
