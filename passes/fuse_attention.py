@@ -16,10 +16,11 @@ head split. Views compose, so a split may start from any shape (reshaped to [b,t
 and the merge may end in any shape (the fused output is reshaped to it): canonicalize folds
 view chains such as the merge followed by the next linear's [b·t, e] flatten.
 
-`where` masks must be known at compile time and causal (keep = lower triangle); an additive
-mask that is causal sets `causal`, any other additive mask becomes the op's `mask` operand.
-The NaN guard (torch.onnx's SDPA, with isnan imported as x != x) zeroes rows whose every score
-is masked; it fuses only where no row can be: causal with t ≤ s, or a mask known to be finite.
+A mask known at compile time to be causal (a where keeping the lower triangle, or an additive
+0 / very negative one) sets `causal`; any other mask becomes the op's additive `mask` operand (a
+where-mask as where(keep, 0, fill), so padding masks built from the inputs fuse too). The NaN
+guard (torch SDPA as cgc or torch.onnx imports it, with isnan as x != x) zeroes the weights of
+a query whose every score is masked; the attention op does the same, so the guard is absorbed.
 """
 
 from __future__ import annotations
@@ -105,15 +106,7 @@ def _scales_keep_types(m: Match) -> bool:
 
 def _masks_keep_type(m: Match) -> bool:
     """the masks do not broadcast the scores to a larger shape"""
-    return all(m[x].type == m["qk"].type for x in ("causal_masked", "masked") if x in m)
-
-
-def _mask_known(m: Match) -> bool:
-    """the where-mask is known at compile time (a meta or input-made mask cannot be checked)"""
-    mask = m["keep"] if "keep" in m else m["drop"] if "drop" in m else None
-    if mask is None:
-        return True
-    return m.graph is not None and constant_data(m.graph, mask) is not None
+    return all(m[x].type == m["qk"].type for x in ("where_masked", "masked") if x in m)
 
 
 def _causal_keep(m: Match) -> torch.Tensor:
@@ -123,12 +116,22 @@ def _causal_keep(m: Match) -> torch.Tensor:
 
 
 def _where_mask_causal(m: Match) -> bool:
-    """the where-mask keeps exactly the causal lower triangle"""
+    """Whether the where-mask is known at compile time and keeps exactly the causal triangle."""
+    name = "keep" if "keep" in m else "drop"
+    data = constant_data(m.graph, m[name]) if m.graph is not None else None
+    if data is None:
+        return False
+    keep = _causal_keep(m)
+    return bool((data == (keep if name == "keep" else ~keep)).all())
+
+
+def _additive(g: Graph, m: Match) -> Value:
+    """The where-mask as an additive mask: 0 where scores are kept, the fill where masked."""
+    dtype = m["qk"].dtype
+    zero, fill = g.constant(0.0, dtype), g.constant(m.number("fill"), dtype)
     if "keep" in m:
-        return bool((constant_data(m.graph, m["keep"]) == _causal_keep(m)).all())
-    if "drop" in m:
-        return bool((constant_data(m.graph, m["drop"]) == ~_causal_keep(m)).all())
-    return True
+        return g.call("where", m["keep"], zero, fill)
+    return g.call("where", m["drop"], fill, zero)
 
 
 def _scale(m: Match) -> float:
@@ -159,12 +162,12 @@ def attention_rule(large_negative: float = -1e4) -> Rewrite:
 
     very_negative.__doc__ = f"a mask fill at or below {large_negative:g}"
     fill = Const(name="fill", where=very_negative)
-    causal = Alt(
+    where_masked = Alt(
         scores,
-        Op.where(Var("keep"), scores, fill, name="causal_masked"),
-        Op.where(Var("drop"), fill, scores, name="causal_masked"),
+        Op.where(Var("keep"), scores, fill, name="where_masked"),
+        Op.where(Var("drop"), fill, scores, name="where_masked"),
     )
-    masked = Alt(causal, Op.add(causal, Var("mask"), name="masked"))
+    masked = Alt(where_masked, Op.add(where_masked, Var("mask"), name="masked"))
     probs = Op.softmax(masked, where=_softmax_last, name="probs")
     guarded = Alt(Op.where(Op.ne(probs, probs), 0.0, probs, name="nan_guard"), probs)
     context = Op.matmul(guarded, v_heads)
@@ -177,40 +180,26 @@ def attention_rule(large_negative: float = -1e4) -> Rewrite:
         keep = _causal_keep(m)
         return bool(torch.where(keep, data == 0, data <= large_negative).all())
 
-    def no_row_fully_masked(m: Match) -> bool:
-        """a NaN guard after the softmax cannot fire: no row of scores is fully masked"""
-        if "nan_guard" not in m:
-            return True
-        if "mask" in m and not additive_mask_causal(m):
-            data = constant_data(m.graph, m["mask"]) if m.graph is not None else None
-            return data is not None and bool(data.isfinite().all())
-        causal = "keep" in m or "drop" in m or "mask" in m
-        return not causal or m["q_split"].shape[1] <= m["k_split"].shape[1]
-
-    @rewrite(
-        pattern,
-        where=(
-            _heads_agree,
-            _scales_keep_types,
-            _masks_keep_type,
-            _mask_known,
-            _where_mask_causal,
-            no_row_fully_masked,
-        ),
-    )
+    @rewrite(pattern, where=(_heads_agree, _scales_keep_types, _masks_keep_type))
     def attention(m: Match, g: Graph) -> Value:
         """reshape(transpose(softmax(mask(q_h·kᵀ·c))·v_h)) = attention(q, k, v)"""
         operands = [_merged(g, m[x], m[f"{x}_split"]) for x in "qkv"]
-        causal = "keep" in m or "drop" in m
-        if "mask" in m:
-            if additive_mask_causal(m):
-                causal = True
-            else:
-                operands.append(m["mask"])
         heads = m["q_split"].shape[2]
+        causal, masks = False, []
         # The fused op takes the softmax's scope and line: the root may be a view that
         # canonicalize merged with the next module's flatten, and carry that module's scope.
         with g.inserting_before(m.root, m["probs"].producer.meta):
+            if "where_masked" in m:
+                causal = _where_mask_causal(m)
+                if not causal:
+                    masks.append(_additive(g, m))
+            if "mask" in m:
+                if additive_mask_causal(m):
+                    causal = True
+                else:
+                    masks.append(m["mask"])
+            if masks:
+                operands.append(masks[0] if len(masks) == 1 else g.call("add", *masks))
             out = g.call("attention", *operands, num_heads=heads, causal=causal, scale=_scale(m))
         return _reshaped(g, out, m.root.output.shape)
 
@@ -224,10 +213,10 @@ class FuseAttention(Pass):
     The result is `attention(q, k, v[, mask]){num_heads, causal, scale}` on [batch, seq,
     heads·d_head] values. Scaling may be a mul or div by any constant on q, k or the scores
     (scale = their product); masks may be added, or applied with where in either polarity
-    with a fill at or below `large_negative`. A where-mask must have data and be causal, or the
-    attention stays unfused. A NaN guard on the softmax, where(isnan(p), 0, p), is absorbed
-    when no row of scores can be fully masked. Nothing fuses if an intermediate (say the
-    attention weights) is used outside the subgraph.
+    with a fill at or below `large_negative`. Masks known to be causal set `causal`; others,
+    including masks computed from the inputs (padding), become the `mask` operand. A NaN guard
+    on the softmax, where(isnan(p), 0, p), is absorbed. Nothing fuses if an intermediate (say
+    the attention weights) is used outside the subgraph.
     """
 
     name = "fuse-attention"

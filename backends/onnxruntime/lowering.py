@@ -379,6 +379,10 @@ def attention_bias(e: Emitter, node: Node, *, causal_bias: bool) -> str | None:
     """The additive mask as a [b|1, h|1, t, s] tensor of q's dtype, with the causal mask when asked.
 
     ORT's attention kernels broadcast the batch and head axes of the mask but not the last two.
+    They also zero a query whose highest score is the lowest finite float, their own mask
+    sentinel, where the IR adds a finite mask like any number: Hugging Face's eager padding mask
+    (finfo.min) leaves a fully padded query attending evenly to every key. So mask entries at
+    that lowest value are raised a hair, which changes no weight; -inf still masks.
     """
     q, k = node.inputs[0], node.inputs[1]
     t, s = q.shape[1], k.shape[1]
@@ -388,6 +392,11 @@ def attention_bias(e: Emitter, node: Node, *, causal_bias: bool) -> str | None:
         bias = mask.name
         if mask.dtype != q.dtype:
             bias = e.op("Cast", [bias], to=ONNX_DTYPES[q.dtype])
+        dtype = q.type.torch_dtype
+        lowest = torch.finfo(dtype).min
+        at_lowest = e.op("Equal", [bias, e.tensor(torch.tensor(lowest, dtype=dtype), "lowest")])
+        above = e.tensor(torch.tensor(lowest * (1 - torch.finfo(dtype).eps), dtype=dtype), "above")
+        bias = e.op("Where", [at_lowest, above, bias])
         full = tuple(torch.broadcast_shapes(mask.shape, (1, 1, t, s)))
         if full != mask.shape:
             bias = e.op("Expand", [bias, e.ints(full, "mask_shape")])

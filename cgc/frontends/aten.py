@@ -367,6 +367,65 @@ def _embedding(cx: FxImporter, weight: Any, indices: Any, *training_args: Any) -
     return cx.g.call("embedding", cx.value(weight), ids)
 
 
+@_converts(aten.index.Tensor)
+def _index(cx: FxImporter, x: Any, indices: Sequence[Any]) -> Value:
+    """x[i0, i1, ...] with integer index tensors (None is a full slice) as one row gather.
+
+    The indexed axes move to the front and flatten into the rows of a [rows, rest] table, the
+    broadcast index tensors combine into one row index, and `embedding` gathers those rows. As
+    in torch, the broadcast index axes take the place of the indexed axes when these are
+    adjacent, and lead the result otherwise. Index tensors known at import fold into one
+    constant; a gather of every row in order (Hugging Face's mask builders index with aranges)
+    is a reshape.
+    """
+    value = cx.value(x)
+    axes = [axis for axis, index in enumerate(indices) if index is not None]
+    types = [cx.type_of(indices[axis]) for axis in axes]
+    if any(t.dtype in ("bool", "u8") for t in types):
+        raise cx.unsupported("boolean mask indices; index with integer tensors")
+    rest = [axis for axis in range(value.type.rank) if axis not in axes]
+    dims = [value.shape[axis] for axis in axes]
+    batch = tuple(torch.broadcast_shapes(*(t.shape for t in types)))
+    moved = _transpose(cx, value, axes + rest)
+    count = prod(dims)
+    index_args = [indices[axis] for axis in axes]
+    rows = _folded_rows(cx, index_args, dims, batch)
+    if rows is not None and torch.equal(rows.flatten(), torch.arange(count)):
+        gathered = moved  # every row, in order
+    else:
+        ids = _row_index(cx, index_args, dims, batch) if rows is None else cx.tensor(rows)
+        table = _reshape_to(cx, moved, (count, moved.type.numel // count))
+        gathered = cx.g.call("embedding", table, ids)
+    y = _reshape_to(cx, gathered, (*batch, *(value.shape[axis] for axis in rest)))
+    front = axes[0] if axes == list(range(axes[0], axes[-1] + 1)) else 0
+    k = len(batch)
+    return _transpose(cx, y, [*range(k, k + front), *range(k), *range(k + front, y.type.rank)])
+
+
+def _folded_rows(
+    cx: FxImporter, indices: Sequence[Any], dims: list[int], batch: tuple
+) -> torch.Tensor | None:
+    """The row index when every index tensor is known at import, else None."""
+    folded = [cx.folded.get(index) for index in indices]
+    if not all(isinstance(t, torch.Tensor) for t in folded):
+        return None
+    rows = torch.zeros((), dtype=torch.long)
+    for t, dim in zip(folded, dims, strict=True):
+        rows = rows * dim + t + dim * (t < 0)  # negative indices count from the end
+    return rows.expand(batch).contiguous()
+
+
+def _row_index(cx: FxImporter, indices: Sequence[Any], dims: list[int], batch: tuple) -> Value:
+    """The row index computed in the graph, from index tensors that depend on the inputs."""
+    g, ids = cx.g, None
+    for index, dim in zip(indices, dims, strict=True):
+        i = cx.operand(index, "i64")
+        negative = g.call("lt", i, cx.scalar(0, "i64"))  # counts from the end
+        i = g.call("where", negative, g.call("add", i, cx.scalar(dim, "i64")), i)
+        ids = i if ids is None else g.call("add", g.call("mul", ids, cx.scalar(dim, "i64")), i)
+    return ids if ids.shape == batch else g.call("expand", ids, shape=list(batch))
+
+
 # -- reductions and normalisation ---------------------------------------------------------------
 
 
@@ -510,7 +569,9 @@ def _attention(
     """softmax(q·kᵀ·scale, masked)·v in the form the attention fusion matches.
 
     A causal mask is a `where` with a tril parameter (top-left aligned, as torch's is_causal);
-    a bool mask keeps scores where true; a float mask is added.
+    a bool mask keeps scores where true; a float mask is added. As in torch, a query whose
+    every key is masked gets zero weights (where(isnan(p), 0, p) after the softmax) rather than
+    NaN; the guard is left out when the mask is known and masks no whole row.
     """
     if dropout_p:
         raise cx.unsupported("attention dropout; call model.eval() before tracing")
@@ -532,7 +593,19 @@ def _attention(
             scores = g.call("where", cx.value(mask), scores, cx.scalar(float("-inf"), dtype))
         else:
             scores = g.call("add", scores, cx.operand(mask, dtype))
-    return g.call("matmul", g.call("softmax", scores, axis=-1), v)
+    probs = g.call("softmax", scores, axis=-1)
+    if mask is not None and _may_mask_a_row(cx, mask):
+        probs = g.call("where", g.call("ne", probs, probs), cx.scalar(0.0, dtype), probs)
+    return g.call("matmul", probs, v)
+
+
+def _may_mask_a_row(cx: FxImporter, mask: Any) -> bool:
+    """Whether an SDPA mask may mask every key of a query (always, unless known at import)."""
+    data = cx.folded.get(mask)
+    if not isinstance(data, torch.Tensor):
+        return True
+    masked = ~data if data.dtype == torch.bool else data == float("-inf")
+    return bool(masked.all(-1).any())
 
 
 def _repeat_heads(cx: FxImporter, x: Value, heads: int) -> Value:

@@ -478,7 +478,16 @@ class FxImporter:
         key = (id(folded), dtype)
         if key not in self._storage:
             self._storage[key] = self._stored(folded.to(TORCH_DTYPES[dtype]))
-        stored, shape = self._storage[key], list(folded.shape)
+        return self._materialized(self._storage[key], list(folded.shape), dtype)
+
+    def tensor(self, data: torch.Tensor) -> Value:
+        """A tensor a converter computed at import (a folded gather index) as a graph value."""
+        return self._materialized(self._stored(data), list(data.shape), TensorType.of(data).dtype)
+
+    def _materialized(
+        self, stored: Value | bool | int | float, shape: list[int], dtype: str
+    ) -> Value:
+        """A stored tensor at its full shape: a constant node, the parameter, or its expand."""
         if not isinstance(stored, Value):
             attrs = {"value": stored, "dtype": dtype, "shape": shape}
             return self.g.add_node("constant", [], attrs).output

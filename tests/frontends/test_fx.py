@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from cgc import driver
 from cgc.errors import ModelError, UnsupportedOpError
 from cgc.frontends import trace
 from cgc.ir import interpret, parse, print_graph, verify
@@ -201,6 +202,7 @@ def test_graph_name_inputs_and_weights_by_reference() -> None:
 ATTN_Q, ATTN_K, ATTN_V = randn(2, 4, 8, 16), randn(2, 4, 6, 16), randn(2, 4, 6, 17)
 GQA_K, GQA_V = randn(2, 2, 6, 16), randn(2, 2, 6, 17)
 BOOL_MASK = (randn(2, 1, 8, 6) > -0.5) | (torch.arange(6) == 0)  # no fully masked row
+PADDING_MASK = torch.ones(8, 6, dtype=torch.bool).tril(-2) & (torch.arange(6) >= 1)
 FLOAT_MASK = randn(8, 6)
 
 
@@ -215,6 +217,10 @@ CASES = {
     "sdpa-bool-mask": (
         lambda: Lambda(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)),
         (ATTN_Q, ATTN_K, ATTN_V, BOOL_MASK),
+    ),
+    "sdpa-padding-mask": (  # queries 0-2 see no key: zeros, as torch gives
+        lambda: Lambda(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)),
+        (ATTN_Q, ATTN_K, ATTN_V, PADDING_MASK),
     ),
     "sdpa-float-mask-scale": (
         lambda: Lambda(
@@ -278,6 +284,61 @@ def test_sdpa_kernels_import_as_primitives(op, ref) -> None:
     counts = {"matmul": 2, "mul": 1, "softmax": 1, "transpose": 1}
     assert {k: graph.op_counts()[k] for k in counts} == counts
     torch.testing.assert_close(interpret(graph, q, k, v)[0], ref(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+INDEXED = randn(4, 5, 6)
+ROWS, COLS = torch.tensor([[0, 3], [-1, 2]]), torch.tensor([4, -2])
+
+INDEX_CASES = {
+    # name: (indexing, inputs after x, the graph's gathers)
+    "x[rows, cols]": (lambda x, i, j: x[i, j], (ROWS, COLS), 1),
+    "x[:, cols]": (lambda x, j: x[:, j], (COLS,), 1),
+    "x[:, rows, cols]": (lambda x, i, j: x[:, i, j], (ROWS, COLS), 1),
+    "x[..., cols]": (lambda x, j: x[..., j], (COLS,), 1),
+    "x[rows, :, cols]": (lambda x, i, j: x[i, :, j], (ROWS, COLS), 1),  # index axes lead
+    "x[rows.int()]": (lambda x, i: x[i.int()], (ROWS,), 1),
+    "constant indices": (lambda x: x[torch.tensor([2, 0]), :, torch.tensor([1, -1])], (), 1),
+    # Hugging Face's mask builders: aranges broadcast against each other take every row in order
+    "aranges": (
+        lambda x: x[torch.arange(4).view(4, 1, 1, 1), torch.arange(5).view(1, 1, 5, 1)],
+        (),
+        0,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(INDEX_CASES))
+def test_index_matches_eager(case: str) -> None:
+    index, inputs, gathers = INDEX_CASES[case]
+    graph = trace(Lambda(index), (INDEXED, *inputs))
+    verify(graph)
+    assert graph.op_counts().get("embedding", 0) == gathers
+    assert torch.equal(interpret(graph, INDEXED, *inputs)[0], index(INDEXED, *inputs))
+
+
+@pytest.mark.parametrize(
+    ("backend", "options"), [("onnxruntime", {}), ("cerebras", {"target": "fabric:32x32"})]
+)
+def test_index_runs_on_the_backends(backend: str, options: dict) -> None:
+    """The gather reads a table computed in the graph (not a weight) with computed rows."""
+    index, inputs, _ = INDEX_CASES["x[rows, :, cols]"]
+    model = Lambda(lambda x, i, j: index(x * 2, i, j))
+    args = (INDEXED, *inputs)
+    (got,) = driver.compile(model, args, backend, **options).run(*args)
+    assert torch.equal(got, index(INDEXED * 2, *inputs))
+
+
+def test_index_of_aranges_is_a_reshape() -> None:
+    mask = torch.tensor([[0, 1, 1], [1, 1, 0]]).bool()
+    index = Lambda(lambda m: m[torch.arange(2).view(2, 1, 1, 1), torch.arange(3).view(1, 1, 1, 3)])
+    graph = trace(index, (mask,))
+    assert [(n.op, n.attrs) for n in graph.nodes] == [("reshape", {"shape": [2, 1, 1, 3]})]
+    assert torch.equal(interpret(graph, mask)[0], mask.view(2, 1, 1, 3))
+
+
+def test_boolean_mask_index_is_unsupported() -> None:
+    with pytest.raises(UnsupportedOpError, match=r"aten.index.Tensor .*: boolean mask indices"):
+        trace(Lambda(lambda x, m: x[m]), (randn(3, 4), torch.tensor([True, False, True])))
 
 
 def test_causal_sdpa_form() -> None:

@@ -52,6 +52,32 @@ def test_decomposition_matches_reference(case: str) -> None:
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "attention",
+    [
+        "attention(%q, %k, %k, %m) {causal=false, num_heads=2, scale=0.5}",
+        "attention(%q, %k, %k) {causal=true, num_heads=2, scale=0.5}",  # 2 queries, no keys
+    ],
+    ids=["mask", "causal-more-queries"],
+)
+def test_decomposition_zeroes_queries_with_every_key_masked(attention: str) -> None:
+    """As torch SDPA: a query whose scores are all -inf outputs zeros, not NaN."""
+    keys = 4 if "%m" in attention else 2
+    g = parse(
+        f"graph @g(%q: f32[1,4,6], %k: f32[1,{keys},6], %m: f32[4,4]) {{\n"
+        f"  %y = {attention} : f32[1,4,6]\n  return %y\n}}\n"
+    )
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 4, 6, generator=gen), torch.randn(1, keys, 6, generator=gen)
+    mask = torch.zeros(4, 4).masked_fill(torch.ones(4, 4, dtype=torch.bool).triu(1), -torch.inf)
+    mask[:2] = -torch.inf
+    (ref,) = interpret(g, q, k, mask)
+    _decompose_all(g)
+    (got,) = interpret(g, q, k, mask)
+    assert torch.equal(ref[0, :2], torch.zeros(2, 6))
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+
+
 def test_every_op_has_a_doc_and_flops() -> None:
     for name, op in all_ops().items():
         assert op.doc, name

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cgc.ir import Graph, TensorType, parse
+from cgc.ir import Graph, TensorType, interpret, parse
 from cgc.passes import explain
 from cgc.passes.fuse_attention import attention_rule
 
@@ -198,15 +198,6 @@ def root(g: Graph):
 
 
 NOT_FUSED = {
-    "non-causal where mask": (
-        dict(mask="keep", mask_data=tril().T.contiguous()),
-        "at %reshape_3: constraint failed: the where-mask keeps exactly the causal lower triangle",
-    ),
-    "meta mask": (
-        dict(mask="drop", mask_data=torch.empty(T, T, dtype=torch.bool, device="meta")),
-        "at %reshape_3: constraint failed: the where-mask is known at compile time "
-        "(a meta or input-made mask cannot be checked)",
-    ),
     "fill not negative enough": (
         dict(mask="keep", mask_data=tril(), fill=-100.0),
         "at %constant_1: expected constant: a mask fill at or below -10000, found -100.0",
@@ -243,6 +234,29 @@ def test_a_non_causal_additive_mask_becomes_the_mask_operand(same_numerics) -> N
     g = same_numerics(hand_written(mask="add", mask_data=data), "fuse-attention,canonicalize")
     assert fused_attention(g) == (
         ["q", "k", "v", "bias.expand"],
+        {"num_heads": 2, "causal": False, "scale": 0.5},
+    )
+
+
+def test_a_non_causal_where_mask_becomes_an_additive_mask_operand(same_numerics) -> None:
+    g = hand_written(mask="keep", mask_data=tril().T.contiguous())
+    g = same_numerics(g, "fuse-attention,canonicalize")
+    assert fused_attention(g) == (
+        ["q", "k", "v", "keep.where"],
+        {"num_heads": 2, "causal": False, "scale": 0.5},
+    )
+    additive = torch.zeros(T, T).masked_fill(~tril().T, -torch.inf)
+    assert torch.equal(g.weights["keep.where"], additive)
+
+
+def test_a_meta_where_mask_becomes_an_additive_mask_operand(run_pipeline) -> None:
+    meta = torch.empty(T, T, dtype=torch.bool, device="meta")
+    g = run_pipeline(hand_written(mask="drop", mask_data=meta), "fuse-attention,canonicalize")
+    (where,) = [n for n in g.nodes if n.op == "where"]
+    assert where.inputs[0].producer.op == "logical_not"  # where(drop, -inf, 0)
+    assert [i.producer.attrs["value"] for i in where.inputs[1:]] == [float("-inf"), 0.0]
+    assert fused_attention(g) == (
+        ["q", "k", "v", where.output.name],
         {"num_heads": 2, "causal": False, "scale": 0.5},
     )
 
@@ -321,11 +335,117 @@ def test_nan_guard_with_a_finite_mask_fuses_keeping_the_mask(same_numerics) -> N
     )
 
 
-def test_nan_guard_with_a_mask_that_may_mask_whole_rows_stays(run_pipeline) -> None:
-    g = run_pipeline(onnx_sdpa(torch.empty(1, 1, T, T, device="meta")), "canonicalize")
-    text = str(g)
-    assert explain(attention_rule(), g.nodes[-1], g) == (
-        "at %out: constraint failed: a NaN guard after the softmax cannot fire: "
-        "no row of scores is fully masked"
+def test_nan_guard_with_a_mask_that_may_mask_whole_rows_fuses(run_pipeline) -> None:
+    """The attention op zeroes a fully masked query as the guard does, so any mask fuses."""
+    g = onnx_sdpa(torch.empty(1, 1, T, T, device="meta"))
+    g = run_pipeline(g, "canonicalize,fuse-attention,canonicalize")
+    assert fused_attention(g) == (
+        ["q", "k", "v", "bias"],
+        {"num_heads": 2, "causal": False, "scale": 0.25},
     )
-    assert str(run_pipeline(g, "fuse-attention")) == text
+
+
+def test_nan_guard_zeroes_fully_masked_queries_like_the_fused_op(same_numerics) -> None:
+    bias = torch.zeros(1, 1, T, T).masked_fill(~tril(), -torch.inf)
+    bias[..., :2, :] = -torch.inf  # the first two queries see no key
+    g = same_numerics(onnx_sdpa(bias), "canonicalize,fuse-attention")
+    assert g.op_counts()["attention"] == 1
+
+
+# Padding masks are built from the inputs, so they are not known at compile time. Hugging Face
+# eager adds where(keep, 0, finfo.min); SDPA as cgc imports it masks with where(keep, s, -inf)
+# and guards the softmax. Left padding leaves padding queries with no key to attend to.
+HEAD_SPLIT = f"""\
+graph @attn(%q: {F32}, %k: {F32}, %v: {F32}, %keep: bool[2,1,6,6]) {{
+  %vq = reshape(%q) {{shape=[2, 6, 2, 4]}} : f32[2,6,2,4]
+  %qh = transpose(%vq) {{perm=[0, 2, 1, 3]}} : f32[2,2,6,4]
+  %vk = reshape(%k) {{shape=[2, 6, 2, 4]}} : f32[2,6,2,4]
+  %kh = transpose(%vk) {{perm=[0, 2, 1, 3]}} : f32[2,2,6,4]
+  %kt = transpose(%kh) {{perm=[0, 1, 3, 2]}} : f32[2,2,4,6]
+  %s = matmul(%qh, %kt) : f32[2,2,6,6]
+  %c = constant() {{dtype="f32", shape=[], value=0.5}} : f32[]
+  %scaled = mul(%s, %c) : f32[2,2,6,6]
+"""
+HEAD_MERGE = """\
+  %vv = reshape(%v) {shape=[2, 6, 2, 4]} : f32[2,6,2,4]
+  %vh = transpose(%vv) {perm=[0, 2, 1, 3]} : f32[2,2,6,4]
+  %o = matmul(%p, %vh) : f32[2,2,6,4]
+  %ot = transpose(%o) {perm=[0, 2, 1, 3]} : f32[2,6,2,4]
+  %out = reshape(%ot) {shape=[2, 6, 8]} : f32[2,6,8]
+  return %out
+}
+"""
+META = '#{scope="h.0.attn", source="gpt2.py:5"}'
+LOWEST = "-3.4028234663852886e+38"
+
+HF_PADDED_EAGER = f"""{HEAD_SPLIT}\
+  %zero = constant() {{dtype="f32", shape=[], value=0.0}} : f32[]
+  %lowest = constant() {{dtype="f32", shape=[], value={LOWEST}}} : f32[]
+  %bias = where(%keep, %zero, %lowest) : f32[2,1,6,6]
+  %masked = add(%scaled, %bias) : f32[2,2,6,6]
+  %p = softmax(%masked) {{axis=-1}} : f32[2,2,6,6] {META}
+{HEAD_MERGE}"""
+
+HF_PADDED_SDPA = f"""{HEAD_SPLIT}\
+  %ninf = constant() {{dtype="f32", shape=[], value=-inf}} : f32[]
+  %masked = where(%keep, %scaled, %ninf) : f32[2,2,6,6]
+  %softmax = softmax(%masked) {{axis=-1}} : f32[2,2,6,6] {META}
+  %nan = ne(%softmax, %softmax) : bool[2,2,6,6]
+  %zero = constant() {{dtype="f32", shape=[], value=0.0}} : f32[]
+  %p = where(%nan, %zero, %softmax) : f32[2,2,6,6]
+{HEAD_MERGE}"""
+
+FUSED_HEAD = f"graph @attn(%q: {F32}, %k: {F32}, %v: {F32}, %keep: bool[2,1,6,6]) {{\n"
+FUSED_TAIL = (
+    "  %out = attention(%q, %k, %v, %mask) {causal=false, num_heads=2, scale=0.5} : "
+    f"{F32} {META}\n  return %out\n}}\n"
+)
+PADDED_FORMS = {
+    "eager": (
+        HF_PADDED_EAGER,
+        f"""{FUSED_HEAD}\
+  %zero = constant() {{dtype="f32", shape=[], value=0.0}} : f32[]
+  %lowest = constant() {{dtype="f32", shape=[], value={LOWEST}}} : f32[]
+  %bias = where(%keep, %zero, %lowest) : f32[2,1,6,6]
+{FUSED_TAIL.replace("%mask", "%bias")}""",
+    ),
+    "sdpa": (  # the where-mask becomes the additive where(keep, 0, -inf)
+        HF_PADDED_SDPA,
+        f"""{FUSED_HEAD}\
+  %constant = constant() {{dtype="f32", shape=[], value=0.0}} : f32[] {META}
+  %constant_1 = constant() {{dtype="f32", shape=[], value=-inf}} : f32[] {META}
+  %where = where(%keep, %constant, %constant_1) : f32[2,1,6,6] {META}
+{FUSED_TAIL.replace("%mask", "%where")}""",
+    ),
+}
+
+
+@pytest.mark.parametrize("form", sorted(PADDED_FORMS))
+def test_hugging_face_padding_masks_fuse(rewrite_text, form: str) -> None:
+    text, fused = PADDED_FORMS[form]
+    assert rewrite_text(text, "canonicalize,fuse-attention,canonicalize") == fused
+
+
+def left_padded_keep() -> torch.Tensor:
+    """Causal and padding: batch row 1 pads its first 2 tokens (its queries 0, 1 see no key)."""
+    keep = tril().expand(B, 1, T, T).clone()
+    keep[1, ..., :2] = False
+    return keep
+
+
+@pytest.mark.parametrize("form", sorted(PADDED_FORMS))
+def test_hugging_face_padding_queries_stay_finite(run_pipeline, form: str) -> None:
+    """Padding queries get zeros under SDPA (as torch) and an even average of v under eager."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, T, E, generator=gen) for _ in "qkv")
+    text = PADDED_FORMS[form][0]
+    (want,) = interpret(parse(text), q, k, v, left_padded_keep())
+    (got,) = interpret(
+        run_pipeline(text, "canonicalize,fuse-attention"), q, k, v, left_padded_keep()
+    )
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    padding = want[1, :2]
+    if form == "sdpa":
+        assert torch.equal(padding, torch.zeros_like(padding))
+    else:
+        torch.testing.assert_close(padding, v[1].mean(0).expand(2, E))

@@ -10,8 +10,8 @@ it); each query is broadcast east along its lane, every PE scores it against its
 (head_dim FMAC vectors of length kv_tile), takes the block's max m, p = exp(s - m), l = Σp and
 o = p·V (kv_tile FMAC vectors of length value_dim), and the (m, l, o) triples merge from east
 to west (online softmax: rescale by exp(m_i - m)). The west PE divides o by l and emits the
-output. The busiest PE does all of this for every query its lane sees, causal or not: the
-west block holds keys every query needs.
+output (zeros for a query whose every key is masked). The busiest PE does all of this for
+every query its lane sees, causal or not: the west block holds keys every query needs.
 
 Numerics: scores and the softmax statistics are fp32; p is rounded to the precision before it
 multiplies V (as it would be stored), o accumulates in fp32; the merge runs in chain order.
@@ -166,7 +166,10 @@ class Attention(Kernel):
             top = torch.maximum(m, m_i)
             a, a_i = _rescale(m, top), _rescale(m_i, top)
             m, total, o = top, total * a + total_i * a_i, o * a + o_i * a_i
-        out = (o / total).transpose(1, 2).reshape(self.batch, t, h * self.value_dim)
+        # A query whose every key is masked has o = 0 and total = 0: it outputs zeros (the op's
+        # semantics, as torch SDPA), not NaN.
+        o = o / torch.where(total == 0, 1.0, total)
+        out = o.transpose(1, 2).reshape(self.batch, t, h * self.value_dim)
         return [round_to(out, p)]
 
 

@@ -206,6 +206,10 @@ def _decompose_attention(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
     if len(ins) == 4:
         scores = g.call("add", scores, ins[3])
     probs = g.call("softmax", scores, axis=-1)
+    if len(ins) == 4 or (attrs["causal"] and q.shape[1] > k.shape[1]):
+        # A row of -inf scores has NaN weights; the op gives such a query zero weights.
+        nan = g.call("ne", probs, probs)
+        probs = g.call("where", nan, g.constant(0.0, q.dtype), probs)
     out = g.call("matmul", probs, _split_heads(g, v, heads))
     b, t = q.shape[:2]
     out = g.call("transpose", out, perm=[0, 2, 1, 3])
@@ -234,7 +238,9 @@ def attention(
     """Multi-head scaled dot-product attention on [batch, seq, heads·d_head] q, k, v.
 
     An optional additive `mask` broadcasts to [batch, heads, q_seq, kv_seq]; `causal` masks
-    keys after each query (aligned to the end when the key sequence is longer).
+    keys after each query (aligned to the end when the key sequence is longer). A query whose
+    every key is masked (all scores -inf) outputs zeros, as in torch SDPA and ONNX Attention, so
+    padding queries stay finite and cannot spread NaN through masked keys (0·NaN is NaN).
     """
     b, t, _ = q.shape
     s = k.shape[1]

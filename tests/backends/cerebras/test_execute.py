@@ -150,6 +150,24 @@ def test_attention(one_node, precision, rect, case) -> None:
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("rect", RECTS)
+def test_attention_zeroes_a_query_with_every_key_masked(one_node, precision, rect) -> None:
+    """As the IR op (and torch SDPA): a left-padded query that sees no key outputs zeros, not
+    NaN, whichever chain blocks its keys fall into."""
+    node = one_node(*ATTENTION["masked"])
+    args = [randn(*v.shape, seed=i) for i, v in enumerate(node.inputs)]
+    args[3] = torch.zeros(10, 14).masked_fill(
+        torch.ones(10, 14, dtype=torch.bool).triu(5), -math.inf
+    )
+    args[3][:3] = -math.inf  # queries 0-2 are padding
+    out = run(node, args, *rect, precision)
+    assert torch.equal(out[0, :3], torch.zeros(3, 32))
+    assert out.isfinite().all()
+    if precision == "fp32":
+        assert_fp32_close(out, reference(node, args))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("rect", RECTS)
 def test_layer_norm(one_node, precision, rect) -> None:
     """Bound (first order, x 1.5): with z = (x - μ)/σ, rounding x by u moves z by
     u·(|x| + mean|x| + |z|·mean(|z||x|))/σ; w, b and the output are rounded (u each); fp32

@@ -206,14 +206,31 @@ def _op_types(g: Graph) -> list[str]:
         ("linear:no_bias", ["FusedMatMul"]),
         ("qkv_attention", ["Transpose", "Attention"]),
         ("attention:causal", ["Attention"]),
-        ("attention:padding_mask", ["Expand", "Attention"]),
-        ("attention:longer_keys_causal_mask", ["Add", "Attention"]),
+        # a mask's lowest-float entries are raised a hair (Equal, Where): see the next test
+        ("attention:padding_mask", ["Equal", "Where", "Expand", "Attention"]),
+        ("attention:longer_keys_causal_mask", ["Equal", "Where", "Add", "Attention"]),
         ("rsqrt", ["Sqrt", "Reciprocal"]),
         ("var", ["ReduceMean", "Sub", "Mul", "ReduceMean"]),
     ],
 )
 def test_fused_ops_lower_to_single_kernels(case: str, op_types: list[str]) -> None:
     assert _op_types(_graph(case)) == op_types
+
+
+@pytest.mark.parametrize("fill", [-math.inf, torch.finfo(torch.float32).min])
+def test_a_query_with_every_key_masked_matches_the_interpreter(fill: float, run_ort) -> None:
+    """-inf masks a key: a query without keys outputs zeros (as torch SDPA). The lowest float is
+    a finite mask, Hugging Face eager's: the query averages v evenly, where ORT alone gives 0."""
+    g = _graph("attention:mask")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 5, 12, generator=gen) for _ in "qkv")
+    mask = torch.zeros(2, 3, 5, 5)
+    mask[1, :, 0] = fill  # batch 1, query 0
+    (want,) = interpret(g, q, k, v, mask)
+    (got,) = run_ort(g, q, k, v, mask, reference=False)
+    torch.testing.assert_close(got, want, **FUSED_TOLERANCE)
+    expected = torch.zeros(12) if fill == -math.inf else v[1].mean(0)
+    torch.testing.assert_close(got[1, 0], expected, **FUSED_TOLERANCE)
 
 
 def test_linear_keeps_the_weight_untransposed() -> None:
