@@ -181,6 +181,19 @@ def _least_period(hi: int, pred: Callable[[int], bool]) -> int | None:
     return hi
 
 
+def _balance(
+    sizes: list[int],
+    times: list[int],
+    spare: int,
+    limit: Callable[[int], int],
+    time_at: Callable[[int, int], int | None],
+) -> None:
+    """Give the spare rows or columns to the slowest items (`_spread`), then trade margins
+    between items (`_rebalance`). Updates `sizes` and `times`."""
+    _spread(sizes, times, spare, limit, time_at)
+    _rebalance(sizes, times, limit, time_at)
+
+
 def _spread(
     sizes: list[int],
     times: list[int],
@@ -400,8 +413,7 @@ class Sizer:
         heights = self.heights(bands, period)
         layout = partial(self._band_layout_time, bands, period)
         times = [layout(b, h) for b, h in enumerate(heights)]
-        _spread(heights, times, self.height - sum(heights), lambda b: self.height, layout)
-        _rebalance(heights, times, lambda b: self.height, layout)
+        _balance(heights, times, self.height - sum(heights), lambda b: self.height, layout)
         widths, rows = [], []
         for band, h in zip(bands, heights, strict=True):
             w, cells, _ = self.band_layout(band, h, period)
@@ -424,8 +436,7 @@ class Sizer:
                 time_at = partial(self._column_layout_time, band, height, t)
                 times = [time_at(j, wj) for j, wj in enumerate(w)]
                 limit = partial(lambda h, j: h * ASPECT_LIMIT, height)
-                _spread(w, times, self.width - sum(w), limit, time_at)
-                _rebalance(w, times, limit, time_at)
+                _balance(w, times, self.width - sum(w), limit, time_at)
                 cells = [
                     self.column_layout(c, height, wc, t)[0] for c, wc in zip(band, w, strict=True)
                 ]
@@ -453,8 +464,7 @@ class Sizer:
                 time_at = partial(lambda k, r: self.cell_time(column[k], r, width))
                 times = [time_at(k, r) for k, r in enumerate(rows)]
                 limit = partial(lambda width, k: width * ASPECT_LIMIT, width)
-                _spread(rows, times, height - sum(rows), limit, time_at)
-                _rebalance(rows, times, limit, time_at)
+                _balance(rows, times, height - sum(rows), limit, time_at)
                 self._memo[key] = (rows, max(times))
         return self._memo[key]
 
