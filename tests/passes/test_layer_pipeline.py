@@ -4,7 +4,8 @@ import pytest
 
 import cgc.passes.layer_pipeline  # noqa: F401  (registers the passes)
 import cgc.passes.weight_streaming  # noqa: F401
-from cgc.backends.cerebras.planner import PlanError
+from cgc import driver, models
+from cgc.backends.cerebras.planner import PlanError, plan
 from cgc.errors import InputError
 from cgc.ir import parse
 from cgc.passes import PassManager, run_passes
@@ -117,3 +118,20 @@ def test_rebalance_trades_margins_to_the_slowest() -> None:
     sizes, times = [12, 16, 12], [83, 112, 83]
     _rebalance(sizes, times, lambda item: 19, time_at)
     assert (sizes, times) == ([12, 16, 12], [83, 112, 83])
+
+
+@pytest.mark.parametrize(
+    ("model", "target"),
+    [("cerebras-gpt-111m", "wse2"), ("cerebras-gpt-2.7b", "wse2"), ("cerebras-gpt-2.7b", "wse3")],
+)
+def test_real_sizes_plan_balanced_and_full(model: str, target: str) -> None:
+    # Issue targets for layer-pipelined plans: bottleneck <= 1.05 x mean region cycles and
+    # >= 90% of the usable PEs assigned (bench/plan_quality.py prints every size).
+    config = models.get_config(model)
+    module = models.build(model, device="meta")
+    graph = run_passes(driver.trace(module, models.example_inputs(config, 1, 128)), "default")
+    p = plan(graph, target)
+    cycles = [r.cycles for r in p.regions]
+    assert p.mode == "pipelined"
+    assert max(cycles) / (sum(cycles) / len(cycles)) <= 1.05
+    assert sum(r.pes for r in p.regions) >= 0.9 * p.machine.usable_pes
