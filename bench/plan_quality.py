@@ -6,12 +6,14 @@ Models are built on the meta device (planning needs shapes, not weights) and tra
 size. Per size and target the table gives the mode chosen, the regions, bottleneck over mean
 stage time, the share of usable PEs assigned, SRAM headroom, estimated tokens/s, PE and
 model-FLOPs utilisation, and the wall time of planning, placement and emission. Targets for
-layer-pipelined plans: bottleneck <= 1.05 x mean, >= 90% of usable PEs.
+layer-pipelined plans: bottleneck <= 1.05 x mean, >= 90% of usable PEs; the exit status is 1
+when a plan misses them.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from cgc import driver, models
@@ -19,6 +21,8 @@ from cgc.backends.cerebras import compile as compile_wafer
 from cgc.backends.cerebras.report import estimate
 
 SIZES = ("111m", "256m", "590m", "1.3b", "2.7b", "6.7b", "13b")
+MAX_BOTTLENECK_OVER_MEAN = 1.05
+MIN_PES_ASSIGNED = 0.90
 TARGETS = ("wse2", "wse3")
 
 
@@ -36,6 +40,7 @@ def main() -> None:
     print(f"seq {args.seq_len}, batch 1, precision {args.precision}")
     print(header)
     print("-" * len(header))
+    missed = []
     for size in args.sizes.split(","):
         name = f"cerebras-gpt-{size}"
         config = models.get_config(name)
@@ -58,6 +63,15 @@ def main() -> None:
                 f"{r['pe_utilisation']:>7.1%} {r['mfu']:>6.1%} {traced:>7.1f} {planned:>6.1f}",
                 flush=True,
             )
+            if r["mode"] == "pipelined" and (
+                r["bottleneck_over_mean"] > MAX_BOTTLENECK_OVER_MEAN
+                or r["pes_assigned"] < MIN_PES_ASSIGNED
+            ):
+                missed.append(f"{name} on {target}")
+    targets = f"bottleneck <= {MAX_BOTTLENECK_OVER_MEAN} x mean, >= {MIN_PES_ASSIGNED:.0%} of PEs"
+    if missed:
+        sys.exit(f"pipelined plans missing the targets ({targets}): {', '.join(missed)}")
+    print(f"every pipelined plan meets the targets ({targets})")
 
 
 if __name__ == "__main__":
