@@ -148,15 +148,7 @@ def _least_known(points: list[int], lo: int, hi: int, pred: Callable[[int], bool
         lo = known[a - 1] + 1
     if a < len(known):
         hi = known[a]
-    elif lo > hi or not probe(hi):
-        return None
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if probe(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    return _least(lo, hi, probe)
 
 
 def _least_period(hi: int, pred: Callable[[int], bool]) -> int | None:

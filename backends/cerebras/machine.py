@@ -83,13 +83,8 @@ class Machine:
 
     def sustained_cycles(self, peak_cycles: int) -> int:
         """Cycles a tile loop really takes for `peak_cycles` of vector work (rounded up)."""
-        num, den = self.simd_ratio
+        num, den = _exact_ratio(self.simd_efficiency)
         return -(-peak_cycles * den // num)
-
-    @property
-    def simd_ratio(self) -> tuple[int, int]:
-        """`simd_efficiency` as an exact fraction (numerator, denominator)."""
-        return _exact_ratio(self.simd_efficiency)
 
 
 @functools.cache

@@ -87,15 +87,13 @@ class Linear(Kernel):
         the first that spills. They do not depend on the rectangle beyond chain and lanes.
 
         The planner asks for hundreds of thousands of these, so the SRAM and cycle formulas are
-        evaluated here alone, with the machine constants in locals, and every option's
-        (compute, fabric, sram) is kept for `cost` and `sram_bytes`.
+        evaluated here alone and every option's (compute, fabric, sram) is kept for `cost` and
+        `sram_bytes`.
         """
         key = (chain, lanes)
         if key in self._lanes:
             return self._lanes[key]
         mach, b = self.machine, BYTES[self.precision]
-        rate = mach.fmac_per_cycle[self.precision]
-        num, den = mach.simd_ratio
         m, n, k_tile = self.m, self.n, ceil_div(self.k, chain)
         vectors = k_tile + (chain > 1) + self.bias  # FMACs, the partial add, the bias add
         x_words = m * words(k_tile, b)  # every token's x segment down each column
@@ -106,7 +104,8 @@ class Linear(Kernel):
         groups = 1
         while groups <= min(m, lanes):
             m_tile, n_tile = -(-m // groups), -(-n // (lanes // groups))
-            per_token = -(-vectors * -(-n_tile // rate) * den // num) + mach.task_overhead_cycles
+            peak = vectors * mach.vector_cycles(n_tile, self.precision)
+            per_token = mach.sustained_cycles(peak) + mach.task_overhead_cycles
             # a lane emits fp32 partial sums (one per wavelet) or, at a chain's end, outputs
             out = n_tile if chain > 1 else words(n_tile, b)
             compute, fabric = m_tile * per_token, max(x_words, m_tile * out)
