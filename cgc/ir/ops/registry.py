@@ -23,6 +23,13 @@ FlopsFn = Callable[[Sequence[TensorType], Sequence[TensorType], Mapping[str, Any
 # A decomposition receives the graph (its insertion point set before the fused node), the fused
 # node's inputs and attrs, and returns the values replacing the node's outputs.
 DecomposeFn = Callable[[Any, Sequence[Any], Mapping[str, Any]], list[Any]]
+# A vector-Jacobian product rule (reverse-mode autodiff, see cgc.passes.autodiff) receives the
+# graph (its insertion point set where the backward pass is being built), the forward node (its
+# inputs and outputs are live values of that graph), and the cotangent of each output (None
+# where an output does not reach the loss); it returns the cotangent of each input, None where an
+# input gets no gradient (integer operands, masks). Ops with no gradient at all (comparisons,
+# integer arithmetic, constants) register `differentiable=False` instead.
+VjpFn = Callable[[Any, Any, Sequence[Any]], list[Any]]
 
 
 def _zero_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: Mapping) -> int:
@@ -44,6 +51,8 @@ class OpDef:
     doc: str = ""
     num_outputs: int = 1
     category: str = field(default="primitive")
+    vjp: VjpFn | None = None
+    differentiable: bool = True
 
     def accepts(self, n: int) -> bool:
         """Whether the op takes `n` inputs."""
@@ -86,6 +95,8 @@ def register(
     decompose: DecomposeFn | None = None,
     num_outputs: int = 1,
     category: str = "primitive",
+    vjp: VjpFn | None = None,
+    differentiable: bool = True,
 ) -> Callable[[ImplFn], ImplFn]:
     """Decorator registering `impl` (the torch reference implementation) as op `name`."""
 
@@ -104,6 +115,8 @@ def register(
             doc=(impl.__doc__ or "").strip().splitlines()[0] if impl.__doc__ else "",
             num_outputs=num_outputs,
             category=category,
+            vjp=vjp,
+            differentiable=differentiable,
         )
         return impl
 
