@@ -180,7 +180,7 @@ def compile_cmd(
     debug_options: DebugOptions,
 ) -> int:
     from cgc import driver
-    from cgc.debug.instruments import run_instrumented
+    from cgc.debug.instrumented import run_instrumented
 
     start = time.perf_counter()
     backend_module = driver.get_backend(backend)  # a bad name fails before the long steps
@@ -393,7 +393,7 @@ def opt_cmd(
     The input is verified first with --verify-each (otherwise it runs as given, so a crash
     reproducer replays exactly).
     """
-    from cgc.debug.instruments import run_instrumented
+    from cgc.debug.instrumented import run_instrumented
     from cgc.debug.irfile import read_ir, write_ir
     from cgc.ir import verify
 

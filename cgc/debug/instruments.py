@@ -7,9 +7,9 @@
     print(timing.report())
 
 An instrument's hooks run before each pass, after it, and when it (or the verifier after it)
-raises. `run_instrumented` attaches the instruments a `DebugOptions` asks for, which is what the
-`--print-ir-*`, `--time-passes`, `--pass-statistics`, `--verify-each`, `--dump-dir` and
-`--reproducer` flags of `cgc compile` and `cgc opt` do.
+raises. `cgc.debug.instrumented.run_instrumented` attaches the instruments a `DebugOptions` asks
+for, which is what the `--print-ir-*`, `--time-passes`, `--pass-statistics`, `--verify-each`,
+`--dump-dir` and `--reproducer` flags of `cgc compile` and `cgc opt` do.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Self, TextIO
 
 from cgc.debug.irfile import write_ir
-from cgc.debug.options import DebugOptions
 from cgc.ir import Graph
 from cgc.passes.manager import Pass, PassContext, PassManager, PassResult
 from cgc.passes.registry import get_pass
@@ -250,57 +249,3 @@ class DumpStages(Instrument):
     def failed_pass(self, p: Pass, graph: Graph, error: Exception, ctx: PassContext) -> None:
         note = f"after pass {self.index}/{self.total} {p!r} FAILED: {type(error).__name__}"
         self._write(f"{p.name}.failed", graph, note)
-
-
-def instrument(pm: PassManager, options: DebugOptions, stream: TextIO | None = None) -> list:
-    """Attach the instruments `options` asks for to `pm`; returns them, in attach order."""
-    from cgc.debug.reproducer import CrashReproducer
-
-    o = options
-    pm.ctx.verify_each = pm.ctx.verify_each or o.verify_each
-    attached: list[Instrument] = []
-    printing = (o.print_ir_before, o.print_ir_after, o.print_ir_before_all, o.print_ir_after_all)
-    if any(printing) or o.print_ir_after_change or o.print_ir_after_failure:
-        attached.append(
-            PrintIR(
-                before=o.print_ir_before,
-                after=o.print_ir_after,
-                before_all=o.print_ir_before_all,
-                after_all=o.print_ir_after_all,
-                after_change=o.print_ir_after_change,
-                after_failure=o.print_ir_after_failure,
-                stream=stream,
-            )
-        )
-    if o.dump_dir is not None:
-        attached.append(DumpStages(o.dump_dir))
-    if o.reproducer:
-        attached.append(CrashReproducer(o.reproducer_path, stream=stream))
-    if o.pass_statistics:
-        attached.append(PassStatistics(stream))
-    if o.time_passes:
-        attached.append(TimePasses(stream))
-    for item in attached:
-        item.attach(pm)
-    return attached
-
-
-def run_instrumented(
-    graph: Graph,
-    pipeline: str,
-    options: DebugOptions | None = None,
-    stream: TextIO | None = None,
-) -> PassManager:
-    """Run `pipeline` on `graph` (in place) with the instruments `options` asks for.
-
-    Timing and statistics reports are written at the end, also when a pass fails.
-    """
-    pm = PassManager(pipeline, PassContext())
-    attached = instrument(pm, options or DebugOptions(), stream)
-    try:
-        pm.run(graph)
-    finally:
-        for item in attached:
-            if isinstance(item, PassStatistics | TimePasses):
-                item.write(item.report())
-    return pm
