@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from cgc.ir import Graph, Node, TensorType, Value
+from cgc.ir import Graph, Node, Value
 from cgc.ir.ops.loss import INDEX_DTYPES, LOSS_ATTRS
 from cgc.passes.constants import constant_data
 from cgc.passes.manager import Pass, PassContext, PassResult
@@ -61,11 +61,9 @@ def _last_axis(node: Node) -> bool:
 
 
 def _every_axis(node: Node) -> bool:
-    """a reduction over every axis to a 0-d value"""
+    """a reduction over every axis"""
     rank = node.inputs[0].type.rank
-    return not node.attrs["keepdim"] and sorted(a % rank for a in node.attrs["axes"]) == list(
-        range(rank)
-    )
+    return sorted(a % rank for a in node.attrs["axes"]) == list(range(rank))
 
 
 def _view(p: Pattern) -> Alt:
@@ -185,7 +183,7 @@ def _is_iota(m: Match) -> bool:
 
 
 def _rows_line_up(m: Match) -> bool:
-    """one target per row of x, no operand broadcast to another shape, a 0-d loss of x's type"""
+    """one target per row of x, no operand broadcast to another shape, one loss of x's type"""
     xs = m["x"].shape
     rows = m["x"].type.numel // xs[-1]
     index, select = m["index"].shape, m["select"].shape
@@ -198,7 +196,8 @@ def _rows_line_up(m: Match) -> bool:
         row_loss.shape
     }:
         return False
-    return row_loss.type.numel == rows and m.root.output.type == TensorType((), m["x"].dtype)
+    loss = m.root.output
+    return row_loss.type.numel == rows and loss.type.numel == 1 and loss.dtype == m["x"].dtype
 
 
 def _targets_agree(m: Match) -> bool:
@@ -235,6 +234,12 @@ def _cross_entropy(m: Match, g: Graph, reduction: str, ignore_index: int) -> Val
     return g.call("cross_entropy", logits, targets, ignore_index=ignore_index, reduction=reduction)
 
 
+def _as_root(m: Match, g: Graph, loss: Value) -> Value:
+    """The loss in the root's shape (reductions with keepdim give [1, …])."""
+    shape = m.root.output.shape
+    return loss if loss.shape == shape else g.call("reshape", loss, shape=list(shape))
+
+
 def _ignored(m: Match) -> int:
     return int(m.number("ignore")) if "mask" in m else LOSS_ATTRS["ignore_index"]
 
@@ -252,19 +257,19 @@ def _per_row(m: Match, g: Graph, total: Value) -> Value:
 )
 def cross_entropy_mean(m: Match, g: Graph) -> Value:
     """sum(where(t != c, nll, 0)) / count(t != c) = cross_entropy(x, t){mean, ignore_index=c}"""
-    return _cross_entropy(m, g, "mean", int(m.number("ignore")))
+    return _as_root(m, g, _cross_entropy(m, g, "mean", int(m.number("ignore"))))
 
 
 @rewrite(Op.reduce_sum(Alt(masked, nll), where=_every_axis), where=FITS, single_use=False)
 def cross_entropy_sum(m: Match, g: Graph) -> Value:
     """sum(where(t != c, nll, 0)) = cross_entropy(x, t){sum, ignore_index=c}; sum(nll) alike"""
-    return _cross_entropy(m, g, "sum", _ignored(m))
+    return _as_root(m, g, _cross_entropy(m, g, "sum", _ignored(m)))
 
 
 @rewrite(Op.reduce_mean(Alt(masked, nll), where=_every_axis), where=FITS, single_use=False)
 def cross_entropy_row_mean(m: Match, g: Graph) -> Value:
     """mean(nll) = cross_entropy(x, t){sum} / rows (the mean counts ignored rows too)"""
-    return _per_row(m, g, _cross_entropy(m, g, "sum", _ignored(m)))
+    return _as_root(m, g, _per_row(m, g, _cross_entropy(m, g, "sum", _ignored(m))))
 
 
 @rewrite(
@@ -281,7 +286,7 @@ def negated_log_likelihood(m: Match, g: Graph) -> Value:
     """-sum(pick(log_softmax(x))) = cross_entropy(x, t){sum}; -mean(…) = that / rows"""
     total = _cross_entropy(m, g, "sum", LOSS_ATTRS["ignore_index"])
     reduced = m.root.inputs[0].producer
-    return _per_row(m, g, total) if reduced.op == "reduce_mean" else total
+    return _as_root(m, g, _per_row(m, g, total) if reduced.op == "reduce_mean" else total)
 
 
 RULES = [cross_entropy_mean, cross_entropy_sum, cross_entropy_row_mean, negated_log_likelihood]
