@@ -190,7 +190,7 @@ def _rows_line_up(m: Match) -> bool:
     if index != xs[:-1] + (1,) or select != xs or m["hot"].shape != xs:
         return False
     row_loss = m["rows"] if "rows" in m else m["pick"]
-    if any(v.type.numel != rows for v in row_loss.producer.inputs if v.type.rank):
+    if "rows" in m and any(v.type.numel != rows for v in row_loss.producer.inputs if v.type.rank):
         return False
     if "mask" in m and {v.shape for v in m["mask"].producer.inputs if v.type.rank} != {
         row_loss.shape
