@@ -1,6 +1,7 @@
 """fuse-cross-entropy: the primitive forms of a softmax cross-entropy become `cross_entropy`.
 
-Row losses, for logits x [..., V] and integer targets t [...] (pick(y) = y[..., t], written as
+Row losses, for logits x [..., V] and integer targets t [...] (pick(y) = y[..., t] with y x or
+a view of it with the same last axis, written as
 reduce_sum(where(eq(t', iota), y, 0)) over the last axis, t' a [..., 1] view of t, possibly
 clamped to 0 where ignored or wrapped where negative, as torch's and ONNX's gathers are):
 
@@ -20,7 +21,9 @@ A count makes the mean only when it counts the same targets (views of one tensor
 from the same c; any other divisor (num_items_in_batch, a clamped count) stays a division of
 the fused sum. Logits and targets of any rank are reshaped to [rows, V] and [rows]. Matched
 intermediates used elsewhere are left in place (a log_softmax that is also an output is then
-computed twice), so the loss always fuses.
+computed twice), so the loss always fuses. As for cross_entropy itself, targets are in [0, V) or
+ignore_index: the wrap a gather gives negative indices is dropped, as torch's cross_entropy
+has no loss for them (it raises).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ logsumexp = Alt(
     _logsumexp(Op.where(Op.eq(Op.abs(_max), float("inf")), 0.0, _max)),  # torch's ±inf guard
     _logsumexp(Op.reduce_max(x, where=over_last_axis)),
 )
-logp = Op.log_softmax(x, where=_last_axis)
+logp = _view(Op.log_softmax(x, where=_last_axis))
 log_likelihood = _view(_pick(logp))
 nll = Alt(
     Op.neg(log_likelihood, name="rows"),
@@ -127,20 +130,28 @@ def _views_of(value: Value) -> Value:
     return value
 
 
-def _selected_value(node: Node, graph: Graph | None) -> tuple[Value, float] | None:
-    """(t, c) for where(t != c, t, 0), the clamp torch puts before its gather, else None."""
-    if node.op != "where" or constant_number(node.inputs[2], graph) != 0:
+def _clamped(node: Node, graph: Graph | None) -> tuple[Value, float | None] | None:
+    """(t, c) when `node` sends ignored targets to 0 before a gather, else None.
+
+    where(t != c, t, 0) and where(t == c, 0, t) (torch's and masked_fill's clamps) send c;
+    maximum(t, 0) (clamp(min=0)) sends every negative target, c None.
+    """
+    if node.op == "maximum" and constant_number(node.inputs[1], graph) == 0:
+        return node.inputs[0], None
+    if node.op != "where" or node.inputs[0].producer is None:
         return None
-    cond, chosen = node.inputs[0].producer, node.inputs[1]
-    if cond is not None and cond.op == "logical_not":
+    cond, a, b = node.inputs[0].producer, node.inputs[1], node.inputs[2]
+    negated = cond.op == "logical_not"
+    if negated:
         cond = cond.inputs[0].producer
-        if cond is None or cond.op != "eq":
+        if cond is None:
             return None
-    elif cond is None or cond.op != "ne":
+    keeps = (cond.op == "ne") != negated  # true where the target counts
+    chosen, other = (a, b) if keeps else (b, a)
+    if cond.op not in ("eq", "ne") or chosen not in cond.inputs:
         return None
-    a, b = cond.inputs
-    c = constant_number(b if a is chosen else a, graph)
-    return (chosen, c) if chosen in (a, b) and c is not None else None
+    c = constant_number(cond.inputs[1] if cond.inputs[0] is chosen else cond.inputs[0], graph)
+    return (chosen, c) if c is not None and constant_number(other, graph) == 0 else None
 
 
 def _wrapped(node: Node, size: int, graph: Graph | None) -> Value | None:
@@ -157,13 +168,14 @@ def _wrapped(node: Node, size: int, graph: Graph | None) -> Value | None:
     return plain if constant_number(other, graph) == size else None
 
 
-def _index_source(m: Match) -> tuple[Value, list[float]]:
-    """The targets the one-hot compares (views, clamps and wraps removed), and the clamps' c."""
+def _index_source(m: Match) -> tuple[Value, list[float | None]]:
+    """The targets the one-hot compares (views, clamps and wraps removed), and what each clamp
+    sends to 0 (c, or None for every negative target)."""
     value, clamps = _views_of(m["index"]), []
     size = m["x"].shape[-1]
     while value.producer is not None:
         unwrapped = _wrapped(value.producer, size, m.graph)
-        clamped = _selected_value(value.producer, m.graph)
+        clamped = _clamped(value.producer, m.graph)
         if unwrapped is not None:
             value = _views_of(unwrapped)
         elif clamped is not None:
@@ -184,10 +196,11 @@ def _is_iota(m: Match) -> bool:
 
 def _rows_line_up(m: Match) -> bool:
     """one target per row of x, no operand broadcast to another shape, one loss of x's type"""
-    xs = m["x"].shape
+    xs, ys = m["x"].shape, m["select"].producer.inputs[1].shape  # ys: x or a view of it
     rows = m["x"].type.numel // xs[-1]
-    index, select = m["index"].shape, m["select"].shape
-    if index != xs[:-1] + (1,) or select != xs or m["hot"].shape != xs:
+    if ys[-1:] != xs[-1:] or m["index"].shape != ys[:-1] + (1,):
+        return False
+    if m["select"].shape != ys or m["hot"].shape != ys:
         return False
     row_loss = m["rows"] if "rows" in m else m["pick"]
     if "rows" in m and any(v.type.numel != rows for v in row_loss.producer.inputs if v.type.rank):
@@ -207,7 +220,9 @@ def _targets_agree(m: Match) -> bool:
         return False
     if "mask" not in m:
         return not clamps
-    return _views_of(m["t"]) is source and all(c == m.number("ignore") for c in clamps)
+    ignore = m.number("ignore")
+    sent = all(c == ignore if c is not None else ignore < 0 for c in clamps)
+    return _views_of(m["t"]) is source and sent
 
 
 def _counts_the_mask(m: Match) -> bool:
