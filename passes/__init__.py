@@ -3,6 +3,7 @@
 from cgc.passes import (  # noqa: F401  (registration)
     canonicalize,
     fuse_attention,
+    fuse_cross_entropy,
     fuse_gelu,
     fuse_layer_norm,
     fuse_linear,

@@ -13,7 +13,10 @@ from cgc.errors import InputError
 from cgc.passes.manager import Option, Pass
 from cgc.passes.registry import get_pass
 
-DEFAULT_PIPELINE = "canonicalize,fuse-attention,fuse-layer-norm,fuse-gelu,fuse-linear,canonicalize"
+DEFAULT_PIPELINE = (
+    "canonicalize,fuse-attention,fuse-layer-norm,fuse-gelu,fuse-linear,fuse-cross-entropy,"
+    "canonicalize"
+)
 
 _ITEM = re.compile(r"\s*([A-Za-z][\w-]*)\s*(?:\{([^{}]*)\})?\s*(,|$)")
 

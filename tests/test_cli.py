@@ -219,3 +219,31 @@ def test_check_onnx_file_against_ort_on_the_original(tmp_path: Path) -> None:
     assert [line.split()[0] for line in lines[4:7]] == ["interpreter", "onnxruntime", "cerebras"]
     assert all(line.split()[-1] == "ok" for line in lines[4:7])
     assert lines[-1] == "PASS"
+
+
+LOSS_MODEL = """\
+import torch
+from zoo import nanogpt
+
+
+def get_model():
+    model, (ids,) = nanogpt.get_model()
+    targets = torch.roll(ids, -1, dims=1)
+    targets[:, -1] = -1
+    return model, (ids, targets)
+"""
+
+
+def test_check_and_compile_a_model_that_returns_its_loss(tmp_path: Path) -> None:
+    """get_model() returns a model called with (ids, targets) that returns (logits, loss)."""
+    model = tmp_path / "model.py"
+    model.write_text(LOSS_MODEL)
+    result = cgc("check", str(model), "--backends", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime / loss: 0 of 1 values out of tolerance" in result.output
+    result = cgc("compile", str(model), "--backend", "onnxruntime", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert "cross_entropy 1" in result.output
+    error = one_error_line(cgc("compile", str(model), "-o", str(tmp_path / "wafer")))
+    assert "the cerebras backend has no kernel for op 'cross_entropy'" in error
+    assert not (tmp_path / "wafer").exists()

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cgc.ir import Value, get_op
+from cgc.ir.ops import loss
+from cgc.ir.ops.random import add_dropout
 
 if TYPE_CHECKING:
     from cgc.frontends.fx import FxImporter
@@ -183,8 +185,8 @@ def _clamp_max(cx: FxImporter, x: Any, max: Any) -> Value:
     return _clamp(cx, x, max=max)
 
 
-@_converts(aten._to_copy.default)
-def _to_copy(cx: FxImporter, x: Any, **layout: Any) -> Value:
+@_converts(aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout)
+def _to_copy(cx: FxImporter, x: Any, *dtype: Any, **layout: Any) -> Value:
     """A cast when the dtype changes; device, layout and memory format mean nothing here."""
     return cx.operand(x, cx.out.dtype)
 
@@ -358,6 +360,35 @@ def _cat(cx: FxImporter, tensors: Sequence[Any], dim: int = 0) -> Value:
     return values[0] if len(values) == 1 else cx.g.call("concat", *values, axis=dim)
 
 
+def _filled(cx: FxImporter, value: Any, like: Value, axis: int, width: int) -> Value | None:
+    """`value` in the shape of `like` but `width` wide on `axis`; None when width <= 0."""
+    if width <= 0:
+        return None
+    shape = [width if a == axis else d for a, d in enumerate(like.shape)]
+    return cx.g.call("expand", cx.scalar(value, like.dtype), shape=shape)
+
+
+@_converts(aten.constant_pad_nd.default)
+def _constant_pad_nd(cx: FxImporter, x: Any, pad: Sequence[int], value: Any = 0) -> Value:
+    """Pads (a pair per axis, the last axis first) as concats of filled blocks; negatives crop."""
+    out = cx.value(x)
+    for i in range(len(pad) // 2):
+        axis = out.type.rank - 1 - i
+        before, after = pad[2 * i], pad[2 * i + 1]
+        out = _slice_axis(cx, out, axis, max(-before, 0), out.shape[axis] - max(-after, 0))
+        blocks = [_filled(cx, value, out, axis, before), out, _filled(cx, value, out, axis, after)]
+        parts = [b for b in blocks if b is not None]
+        out = parts[0] if len(parts) == 1 else cx.g.call("concat", *parts, axis=axis)
+    return out
+
+
+@_converts(aten.pad.default)
+def _pad(cx: FxImporter, x: Any, pad: Sequence[int], mode: str = "constant", value=None) -> Value:
+    if mode != "constant":
+        raise cx.unsupported(f"{mode} padding; cgc imports constant padding only")
+    return _constant_pad_nd(cx, x, pad, 0 if value is None else value)
+
+
 @_converts(aten.embedding.default)
 def _embedding(cx: FxImporter, weight: Any, indices: Any, *training_args: Any) -> Value:
     """Table lookup; padding_idx and the sparse-gradient flags only matter for training."""
@@ -471,6 +502,105 @@ def _var_mean(cx: FxImporter, x: Any, dim: Any = None, *, correction: Any = None
     )
 
 
+# -- losses -------------------------------------------------------------------------------------
+
+_REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}  # torch's Reduction enum
+
+
+def _reduction(cx: FxImporter, weight: Any, reduction: int, label_smoothing: float = 0.0) -> str:
+    """The reduction's name, after refusing what cgc's losses do not cover."""
+    if weight is not None:
+        raise cx.unsupported("class weights; cgc imports losses with weight=None only")
+    if label_smoothing:
+        raise cx.unsupported(f"label_smoothing={label_smoothing}; cgc imports 0 only")
+    return _REDUCTIONS[reduction]
+
+
+def _class_indices(cx: FxImporter, target: Any) -> Value:
+    t = cx.value(target)
+    if t.dtype not in loss.INDEX_DTYPES:
+        raise cx.unsupported(f"{t.dtype} targets; cgc imports class-index (integer) targets only")
+    return t
+
+
+@_converts(aten.cross_entropy_loss.default)
+def _cross_entropy_loss(
+    cx: FxImporter,
+    x: Any,
+    target: Any,
+    weight: Any = None,
+    reduction: int = 1,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> Value:
+    """F.cross_entropy: log_softmax over the class axis, then nll_loss (fuse-cross-entropy
+    makes them one `cross_entropy` again)."""
+    how = _reduction(cx, weight, reduction, label_smoothing)
+    logits, rows = loss.classes_last(cx.g, cx.value(x), _class_indices(cx, target))
+    logp = cx.g.call("log_softmax", logits, axis=-1)
+    out = loss.nll_loss(cx.g, logp, rows, ignore_index=ignore_index, reduction=how)
+    return _reshape_to(cx, out, cx.out.shape)
+
+
+@_converts(aten.nll_loss.default, aten.nll_loss_nd.default)
+def _nll_loss(
+    cx: FxImporter,
+    x: Any,
+    target: Any,
+    weight: Any = None,
+    reduction: int = 1,
+    ignore_index: int = -100,
+) -> Value:
+    """F.nll_loss on log-probabilities with the class axis 1 (or 0 when unbatched)."""
+    how = _reduction(cx, weight, reduction)
+    logp, rows = loss.classes_last(cx.g, cx.value(x), _class_indices(cx, target))
+    out = loss.nll_loss(cx.g, logp, rows, ignore_index=ignore_index, reduction=how)
+    return _reshape_to(cx, out, cx.out.shape)
+
+
+@_converts(aten.nll_loss_forward.default)
+def _nll_loss_forward(
+    cx: FxImporter, x: Any, target: Any, weight: Any, reduction: int, ignore_index: int
+) -> tuple:
+    """(loss, total weight): only the loss is importable."""
+    return (lambda: _nll_loss(cx, x, target, weight, reduction, ignore_index), None)
+
+
+@_converts(aten.gather.default)
+def _gather(cx: FxImporter, x: Any, dim: int, index: Any, *, sparse_grad: bool = False) -> Value:
+    """torch.gather as a one-hot select and sum: the IR has no gather (cgc.ir.ops.loss)."""
+    return loss.gather(cx.g, cx.value(x), dim, cx.value(index))
+
+
+@_converts(aten.take_along_dim.default)
+def _take_along_dim(cx: FxImporter, x: Any, indices: Any, dim: int | None = None) -> Value:
+    """torch.take_along_dim: broadcast off `dim`, negative indices counted from the end, gather."""
+    g, value, index = cx.g, cx.value(x), cx.value(indices)
+    if dim is None:
+        value = _reshape_to(cx, value, (value.type.numel,))
+        index, dim = _reshape_to(cx, index, (index.type.numel,)), 0
+    axis = dim % value.type.rank
+    size = value.shape[axis]
+    both = torch.broadcast_shapes(
+        tuple(1 if i == axis else d for i, d in enumerate(value.shape)),
+        tuple(1 if i == axis else d for i, d in enumerate(index.shape)),
+    )
+    for v in (value, index):
+        shape = tuple(v.shape[i] if i == axis else d for i, d in enumerate(both))
+        if v.shape != shape:
+            expanded = g.call("expand", v, shape=list(shape))
+            value, index = (expanded, index) if v is value else (value, expanded)
+    negative = g.call("lt", index, cx.scalar(0, index.dtype))
+    index = g.call("where", negative, g.call("add", index, cx.scalar(size, index.dtype)), index)
+    return loss.gather(g, value, axis, index)
+
+
+@_converts(aten.logsumexp.default)
+def _logsumexp(cx: FxImporter, x: Any, dim: Any, keepdim: bool = False) -> Value:
+    value = cx.operand(x, cx.out.dtype)
+    return loss.logsumexp(cx.g, value, _axes(dim, value.type.rank), keepdim)
+
+
 def _softmax(op: str) -> Converter:
     def convert(cx: FxImporter, x: Any, dim: int, half_to_float_or_dtype: Any = None) -> Value:
         return cx.g.call(op, cx.operand(x, cx.out.dtype), axis=dim)
@@ -508,10 +638,15 @@ def _layer_norm(
 
 @_converts(aten.dropout.default)
 def _dropout(cx: FxImporter, x: Any, p: float, train: bool) -> Value:
-    """Identity: cgc compiles inference graphs (a training-mode dropout is refused)."""
-    if train and p > 0:
-        raise cx.unsupported("random ops cannot be compiled; call model.eval() to drop dropout")
-    return cx.value(x)
+    """Identity in eval mode; in training mode a seeded `dropout` on the graph's %rng_seed."""
+    value = cx.value(x)
+    return add_dropout(cx.g, value, p) if train and p > 0 else value
+
+
+@_converts(aten.native_dropout.default)
+def _native_dropout(cx: FxImporter, x: Any, p: float, train: bool | None) -> tuple:
+    """(output, keep-mask): only the output is importable (the mask is recomputed, not kept)."""
+    return (lambda: _dropout(cx, x, p, train is not False), None)
 
 
 @_converts(aten.native_layer_norm.default)
@@ -568,13 +703,14 @@ def _attention(
 ) -> Value:
     """softmax(q·kᵀ·scale, masked)·v in the form the attention fusion matches.
 
+    With dropout_p > 0 the weights go through `dropout` before ·v, as in torch's SDPA; that
+    form stays unfused (the attention op has no dropout), so it runs as primitives.
+
     A causal mask is a `where` with a tril parameter (top-left aligned, as torch's is_causal);
     a bool mask keeps scores where true; a float mask is added. As in torch, a query whose
     every key is masked gets zero weights (where(isnan(p), 0, p) after the softmax) rather than
     NaN; the guard is left out when the mask is known and masks no whole row.
     """
-    if dropout_p:
-        raise cx.unsupported("attention dropout; call model.eval() before tracing")
     g = cx.g
     dtype = cx.out.dtype
     q, k, v = (cx.operand(t, dtype) for t in (query, key, value))
@@ -596,6 +732,8 @@ def _attention(
     probs = g.call("softmax", scores, axis=-1)
     if mask is not None and _may_mask_a_row(cx, mask):
         probs = g.call("where", g.call("ne", probs, probs), cx.scalar(0.0, dtype), probs)
+    if dropout_p:
+        probs = add_dropout(g, probs, dropout_p)
     return g.call("matmul", probs, v)
 
 

@@ -96,15 +96,19 @@ def trace(module: torch.nn.Module, example_inputs: tuple, *, name: str | None = 
 
 def _name_outputs(graph: Graph, program: ExportedProgram) -> None:
     """Name outputs after the model's output structure (`logits` of a dict or HF output;
-    `output` for a bare tensor, `output_0`, `output_1` ... for a tuple), so reports read well."""
+    `output` for a bare tensor, `output_0`, `output_1` ... for a tuple), so reports read well.
+    A model's only 0-d float output without a name of its own is its `loss`."""
     spec = program.call_spec.out_spec
     if spec is None or spec.num_leaves != len(graph.outputs):
         return
     tree = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
     paths = [path for path, _ in pytree.tree_flatten_with_path(tree)[0]]
+    scalars = [v for v in graph.outputs if v.type.rank == 0 and v.type.is_float]
     for value, path in zip(list(graph.outputs), paths, strict=True):
         keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", "")))) for k in path]
         hint = "_".join(keys) if keys and not keys[0].isdigit() else "_".join(["output", *keys])
+        if scalars == [value] and hint.startswith("output"):
+            hint = "loss"
         if value.producer is not None and value.name != hint and value not in graph.inputs:
             graph.rename(value, graph.fresh_name(hint))
 

@@ -20,6 +20,8 @@ from onnx import TensorProto
 
 from cgc.errors import ModelError, UnsupportedOpError
 from cgc.ir import Graph, Value, get_op
+from cgc.ir.ops import loss
+from cgc.ir.ops.random import add_dropout
 
 # ONNX element type -> IR dtype; every other element type is unsupported.
 ONNX_DTYPES: dict[int, str] = {
@@ -294,10 +296,25 @@ def _cast(n: OnnxNode) -> list[Operand]:
     return [x if x.dtype == dtype else n.call("cast", x, dtype=dtype)]
 
 
-@converts("Identity", "Dropout")
+@converts("Identity")
 def _identity(n: OnnxNode) -> list[Operand]:
-    # Dropout is the identity at inference; its optional mask output is rejected by the importer.
     return [n.inputs[0]]
+
+
+@converts("Dropout")
+def _dropout(n: OnnxNode) -> list[Operand]:
+    """The identity at inference; with training_mode true a seeded `dropout` on %rng_seed.
+
+    Its optional mask output is rejected by the importer (the mask is recomputed, not kept)."""
+    training = n.const(2) if n.has(2) else np.array(False)
+    if training is None:
+        raise n.unsupported("its training_mode (input 2) is computed at run time, not constant")
+    if n.has(1) and n.const(1) is None:
+        raise n.unsupported("its ratio (input 1) is computed at run time, not constant")
+    ratio = float(n.const(1)) if n.has(1) else 0.5
+    if not bool(training) or ratio == 0:
+        return [n.inputs[0]]
+    return [add_dropout(n.g, n.value(0), ratio)]
 
 
 # -- linear algebra -------------------------------------------------------------------------------
@@ -364,6 +381,17 @@ def _reduce(ir_op: str) -> Converter:
         return [n.call(ir_op, x, axes=axes, keepdim=bool(n.attr("keepdims", 1)))]
 
     return convert
+
+
+@converts("ReduceLogSumExp")
+def _reduce_log_sum_exp(n: OnnxNode) -> list[Operand]:
+    x = n.value(0)
+    axes = [int(a) for a in n.required_const(1, "axes")] if n.has(1) else n.attr("axes", [])
+    if not axes:
+        if n.attr("noop_with_empty_axes", 0):
+            return [x]
+        axes = list(range(x.type.rank))
+    return [loss.logsumexp(n.g, x, axes, bool(n.attr("keepdims", 1)))]
 
 
 converts("ReduceMean")(_reduce("reduce_mean"))
@@ -608,3 +636,42 @@ def _gather(n: OnnxNode) -> list[Operand]:
     if ids.ndim == 0:  # a scalar index drops the axis
         out = _reshaped(n, out, x.shape[:axis] + x.shape[axis + 1 :])
     return [out]
+
+
+@converts("GatherElements")
+def _gather_elements(n: OnnxNode) -> list[Operand]:
+    """A one-hot select and sum (the IR has no gather); negative indices count from the end."""
+    x, index = n.value(0), n.value(1)
+    axis = _norm_axis(n.attr("axis", 0), x.type.rank, n)
+    if n.const(1) is None or (n.const(1) < 0).any():
+        negative = n.call("lt", index, n.scalar(0, index.dtype))
+        wrapped = n.call("add", index, n.scalar(x.shape[axis], index.dtype))
+        index = n.call("where", negative, wrapped, index)
+    return [loss.gather(n.g, x, axis, index)]
+
+
+# -- losses ----------------------------------------------------------------------------------------
+
+
+@converts("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss")
+def _loss(n: OnnxNode) -> list[Operand]:
+    """Unweighted losses on class indices, as log_softmax and nll_loss primitives (class axis 1,
+    or [N, C, d1, …] with the class axis moved last); fuse-cross-entropy fuses them again."""
+    if n.has(2):
+        raise n.unsupported("class weights (input 2); cgc imports unweighted losses only")
+    x, target = n.value(0), n.value(1)
+    if target.dtype not in loss.INDEX_DTYPES:
+        raise n.unsupported(f"{target.dtype} targets; cgc imports class indices only")
+    rows_x, rows = loss.classes_last(n.g, x, target)
+    logp = rows_x
+    if n.op == "SoftmaxCrossEntropyLoss":
+        logp = n.call("log_softmax", rows_x, axis=-1)
+    reduction = n.attr("reduction", "mean")
+    out = loss.nll_loss(n.g, logp, rows, ignore_index=n.attr("ignore_index"), reduction=reduction)
+    outs = [_reshaped(n, out, target.shape if reduction == "none" else ())]
+    if n.op == "SoftmaxCrossEntropyLoss" and len(n.proto.output) > 1 and n.proto.output[1]:
+        if x.type.rank > 2:  # log_prob in the input's layout
+            rank = x.type.rank
+            logp = n.call("transpose", logp, perm=[0, rank - 1, *range(1, rank - 1)])
+        outs.append(_reshaped(n, logp, x.shape))
+    return outs

@@ -65,7 +65,8 @@ def test_pipeline_strings_parse_into_configured_passes() -> None:
 
 def test_default_expands_to_the_default_pipeline() -> None:
     assert DEFAULT_PIPELINE == (
-        "canonicalize,fuse-attention,fuse-layer-norm,fuse-gelu,fuse-linear,canonicalize"
+        "canonicalize,fuse-attention,fuse-layer-norm,fuse-gelu,fuse-linear,fuse-cross-entropy,"
+        "canonicalize"
     )
     assert repr(PassManager("default")) == DEFAULT_PIPELINE
     assert repr(PassManager("fuse-gelu,default")) == "fuse-gelu," + DEFAULT_PIPELINE

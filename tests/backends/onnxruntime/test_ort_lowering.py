@@ -143,6 +143,28 @@ CASES: dict[str, tuple[str, str]] = {
         "param %w: f32[36,8]\n"
         "%y = qkv_attention(%x, %w) {causal=false, num_heads=3, scale=0.5} : f32[2,5,12]",
     ),
+    # losses: integer inputs are in [0, 5), so ignore_index 3 ignores some rows
+    "cross_entropy": (
+        "%x: f32[6,7], %t: i64[6]",
+        '%y = cross_entropy(%x, %t) {ignore_index=3, reduction="mean"} : f32[]',
+    ),
+    "cross_entropy:sum_i32": (
+        "%x: f32[6,7], %t: i32[6]",
+        '%y = cross_entropy(%x, %t) {ignore_index=-100, reduction="sum"} : f32[]',
+    ),
+    "cross_entropy_grad": (
+        "%x: f32[6,7], %t: i64[6], %d: f32[]",
+        '%y = cross_entropy_grad(%x, %t, %d) {ignore_index=3, reduction="mean"} : f32[6,7]',
+    ),
+    "cross_entropy_grad:sum": (
+        "%x: f32[6,7], %t: i64[6], %d: f32[]",
+        '%y = cross_entropy_grad(%x, %t, %d) {ignore_index=-1, reduction="sum"} : f32[6,7]',
+    ),
+    "dropout": ("%x: f32[3,5,7], %s: i64[]", "%y = dropout(%x, %s) {p=0.3, stream=5} : f32[3,5,7]"),
+    "dropout:whole_groups": (
+        "%x: f32[4,8], %s: i64[]",
+        "%y = dropout(%x, %s) {p=0.5, stream=0} : f32[4,8]",
+    ),
 }
 
 POSITIVE = {"log", "sqrt", "rsqrt", "reciprocal", "div", "pow"}  # keep inputs in the domain
@@ -330,3 +352,21 @@ def test_long_causal_qkv_attention_runs_in_query_blocks() -> None:
         ["y/block_2", "y/present_2"],
     ]
     assert list(nodes[-1].input) == ["y/block", "y/block_1", "y/block_2"]
+
+
+@pytest.mark.parametrize("seed", [0, -7, 2**40 + 3])
+def test_dropout_draws_the_interpreters_mask_bit_for_bit(seed: int, run_ort) -> None:
+    g = _graph("dropout")
+    x = torch.randn(3, 5, 7)
+    (want,) = interpret(g, x, torch.tensor(seed))
+    (got,) = run_ort(g, x, torch.tensor(seed))
+    assert torch.equal(got, want)
+    assert 0 < (want == 0).sum() < want.numel()
+
+
+def test_cross_entropy_over_no_counted_target_is_nan_and_its_gradient_zero(run_ort) -> None:
+    """As torch: the mean over zero targets is NaN, and its gradient is all zeros."""
+    x, t, d = torch.randn(6, 7), torch.full((6,), 3), torch.tensor(1.0)
+    (loss,) = run_ort(_graph("cross_entropy"), x, t)
+    (grad,) = run_ort(_graph("cross_entropy_grad"), x, t, d)
+    assert loss.isnan() and torch.equal(grad, torch.zeros(6, 7))
