@@ -34,6 +34,8 @@ def test_every_pass_is_registered_with_a_description() -> None:
         "ops, order operands.",
         "fuse-attention": "Fuse scaled dot-product attention (split heads, q·kᵀ, scale, mask, "
         "softmax, ·v, merge).",
+        "fuse-cross-entropy": "Fuse softmax cross-entropy forms (log_softmax + nll, "
+        "logsumexp - gather) into cross_entropy.",
         "fuse-gelu": 'Fuse the erf and tanh forms of GELU into `gelu` {approximate="none" | '
         '"tanh"}.',
         "fuse-layer-norm": "Fuse mean/variance/rsqrt layer-norm decompositions over the last "
@@ -78,8 +80,9 @@ def test_default_expands_to_the_default_pipeline() -> None:
     [
         (
             "canonicalize,fuse-attn",
-            "unknown pass 'fuse-attn'; valid passes: canonicalize, fuse-attention, fuse-gelu, "
-            "fuse-layer-norm, fuse-linear, fuse-qkv-attention, layer-pipeline, weight-streaming",
+            "unknown pass 'fuse-attn'; valid passes: canonicalize, fuse-attention, "
+            "fuse-cross-entropy, fuse-gelu, fuse-layer-norm, fuse-linear, fuse-qkv-attention, "
+            "layer-pipeline, weight-streaming",
         ),
         (
             "fuse-attention{heads=2}",
