@@ -157,10 +157,10 @@ def test_tiny_block_ir(monkeypatch: pytest.MonkeyPatch) -> None:
     ln = f'scope="ln", source="test_fx.py:{line_of("tiny-act-ln")}"'
     expected = f"""\
 graph @TinyBlock(%x: f32[2,3,4]) {{
-  param %fc.weight: f32[8,4]
-  param %fc.bias: f32[8]
-  param %ln.weight: f32[8]
-  param %ln.bias: f32[8]
+  param trainable %fc.weight: f32[8,4]
+  param trainable %fc.bias: f32[8]
+  param trainable %ln.weight: f32[8]
+  param trainable %ln.bias: f32[8]
   %linear.transpose = transpose(%fc.weight) {{perm=[1, 0]}} : f32[4,8] #{{{fc}}}
   %linear.matmul = matmul(%x, %linear.transpose) : f32[2,3,8] #{{{fc}}}
   %linear = add(%linear.matmul, %fc.bias) : f32[2,3,8] #{{{fc}}}

@@ -391,8 +391,8 @@ def test_gemm_ir_text(tmp_path):
     src = 'source="fc.onnx:/fc/Gemm"'
     assert str(load_onnx(path)) == (
         "graph @fc(%x: f32[4,2]) {\n"
-        "  param %fc.weight: f32[3,2]\n"
-        "  param %fc.bias: f32[3]\n"
+        "  param trainable %fc.weight: f32[3,2]\n"
+        "  param trainable %fc.bias: f32[3]\n"
         "  %fc_Gemm_output_0.transpose = transpose(%fc.weight) {perm=[1, 0]} : f32[2,3]"
         f' #{{scope="fc", {src}}}\n'
         "  %fc_Gemm_output_0.matmul = matmul(%x, %fc_Gemm_output_0.transpose) : f32[4,3]"
