@@ -13,8 +13,11 @@ registry, contract at `VjpFn`); this pass only orders the rules. It
 2. keeps the nodes on a path from those parameters to the loss (active nodes), so no gradient
    nobody needs is computed, and integer and bool values never carry one;
 3. walks the active nodes backwards from a seed of 1.0, calling each op's rule with the
-   cotangents of its outputs and adding up (`add`) the cotangents a value receives from its
-   several uses: tied weights (the LM head and the embedding) get one summed gradient;
+   cotangents of its outputs and summing the cotangents a value receives from its several
+   uses: tied weights (the LM head and the embedding) get one summed gradient. The sum is an
+   `add` chain, except that padded slices tiling the value (the q, k, v thirds of one
+   projection) are joined with one `concat`, and an embedding's scattered rows are added into
+   the rest in place (`embedding_grad`'s accumulator operand) rather than into a zero table;
 4. returns (loss, [other forward outputs with keep_outputs], grad.<param> for every parameter
    the loss depends on), and erases the dead forward nodes (rules may swap a forward node for
    one that saves a residual, e.g. `attention` -> `attention_lse`).
@@ -61,19 +64,20 @@ def differentiate(
         )
     active = _active(graph, target, depends)
     forward = {id(v) for v in graph.values()}
-    cotangents: dict[int, Value] = {}
+    cotangents: dict[int, list[Value]] = {}
     with graph.inserting_before(None, target.producer.meta if target.producer else {}):
-        cotangents[id(target)] = graph.constant(1.0, target.dtype)
+        cotangents[id(target)] = [graph.constant(1.0, target.dtype)]
     for node in active:
         _backward(graph, node, cotangents, depends)
     outputs = [target]
     if keep_outputs:
         outputs += [v for v in graph.outputs if v is not target]
-    grads = []
+    grads: list[Value] = []
     for param in params:
-        grad = cotangents.get(id(param))
-        if grad is None:
+        if id(param) not in cotangents:
             continue
+        with graph.inserting_before(None, {"scope": param.name.rpartition(".")[0]}):
+            grad = _sum(graph, cotangents.pop(id(param)))
         if id(grad) in forward or grad in outputs or grad in grads:  # one name per value
             grad = graph.call("reshape", grad, shape=list(grad.shape))
         graph.rename(grad, graph.fresh_name(grad_name(param.name)))
@@ -154,13 +158,15 @@ def _active(graph: Graph, target: Value, depends: set[int]) -> list[Node]:
     return active
 
 
-def _backward(graph: Graph, node: Node, cotangents: dict[int, Value], depends: set[int]) -> None:
+def _backward(
+    graph: Graph, node: Node, cotangents: dict[int, list[Value]], depends: set[int]
+) -> None:
     """Call `node`'s VJP rule and add what it returns to its operands' cotangents."""
     opdef = get_op(node.op)
     if opdef.vjp is None:
         raise IRError(f"op {node.op!r} has no VJP rule; it cannot be differentiated")
-    incoming = [cotangents.pop(id(v), None) for v in node.outputs]
     with graph.inserting_before(None, node.meta):
+        incoming = [_sum(graph, cotangents.pop(id(v), [])) for v in node.outputs]
         grads = opdef.vjp(graph, node, incoming)
         if len(grads) != len(node.inputs):
             raise IRError(
@@ -180,8 +186,45 @@ def _backward(graph: Graph, node: Node, cotangents: dict[int, Value], depends: s
                     f"VJP of {node.op}: the cotangent of operand {i} (%{v.name}: {v.type}) is"
                     f" {grad.type}"
                 )
-            total = cotangents.get(id(v))
-            cotangents[id(v)] = grad if total is None else graph.call("add", total, grad)
+            cotangents.setdefault(id(v), []).append(grad)
+
+
+def _sum(graph: Graph, parts: list[Value]) -> Value | None:
+    """The total of the cotangents a value received (None for none)."""
+    if len(parts) < 2:
+        return parts[0] if parts else None
+    tiles = _tiles(parts)
+    if tiles is not None:
+        return graph.call("concat", *tiles, axis=parts[0].producer.attrs["axis"])
+    scattered = [p for p in parts if p.producer is not None and p.producer.op == "embedding_grad"]
+    total = None
+    for part in parts:
+        if not any(part is s for s in scattered):
+            total = part if total is None else graph.call("add", total, part)
+    for part in scattered:
+        node = part.producer
+        if total is None or len(node.inputs) == 3:
+            total = part if total is None else graph.call("add", total, part)
+        else:
+            total = graph.call("embedding_grad", *node.inputs, total, **node.attrs)
+    return total
+
+
+def _tiles(parts: list[Value]) -> list[Value] | None:
+    """The unpadded pieces, in order, when `parts` are zero-paddings along one axis that
+    tile it exactly (so their sum is the concatenation of the pieces); else None."""
+    nodes = [p.producer for p in parts]
+    if any(n is None or n.op != "pad" or n.attrs["interior"] for n in nodes):
+        return None
+    if len({n.attrs["axis"] for n in nodes}) != 1:
+        return None
+    nodes.sort(key=lambda n: n.attrs["before"])
+    axis, start = nodes[0].attrs["axis"], 0
+    for n in nodes:
+        if n.attrs["before"] != start:
+            return None
+        start += n.inputs[0].shape[axis]
+    return [n.inputs[0] for n in nodes] if start == parts[0].shape[axis] else None
 
 
 def _eliminate_dead(graph: Graph) -> int:

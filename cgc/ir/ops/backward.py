@@ -232,12 +232,15 @@ def gelu_grad(dy: torch.Tensor, x: torch.Tensor, *, approximate: str) -> torch.T
 
 
 def _infer_embedding_grad(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> list:
-    ids, dy = ins
+    ids, dy = ins[:2]
     if ids.dtype not in ("i64", "i32") or dy.shape[:-1] != ids.shape or not dy.is_float:
         raise IRError(f"embedding_grad: ids {ids} and cotangent {dy} do not fit")
     if attrs["num_rows"] < 1:
         raise IRError(f"embedding_grad: num_rows must be positive, got {attrs['num_rows']}")
-    return [dy.with_shape((attrs["num_rows"], dy.shape[-1]))]
+    out = dy.with_shape((attrs["num_rows"], dy.shape[-1]))
+    if len(ins) == 3 and ins[2] != out:
+        raise IRError(f"embedding_grad: accumulator {ins[2]} is not the table's type {out}")
+    return [out]
 
 
 def _embedding_grad_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs) -> int:
@@ -245,8 +248,8 @@ def _embedding_grad_flops(ins: Sequence[TensorType], outs: Sequence[TensorType],
 
 
 def _decompose_embedding_grad(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
-    """A one-hot matrix of the ids, transposed, times the cotangent rows."""
-    ids, dy = ins
+    """A one-hot matrix of the ids, transposed, times the cotangent rows (plus acc)."""
+    ids, dy = ins[:2]
     n, rows, width = ids.type.numel, attrs["num_rows"], dy.shape[-1]
     name = g.fresh_name(f"row_ids_{rows}")
     row_ids = g.add_param(
@@ -255,12 +258,13 @@ def _decompose_embedding_grad(g, ins: Sequence, attrs: Mapping[str, Any]) -> lis
     column = g.call("reshape", ids, shape=[n, 1])
     onehot = g.call("cast", g.call("eq", column, row_ids), dtype=dy.dtype)
     flat = g.call("reshape", dy, shape=[n, width])
-    return [g.call("matmul", g.call("transpose", onehot, perm=[1, 0]), flat)]
+    rows_grad = g.call("matmul", g.call("transpose", onehot, perm=[1, 0]), flat)
+    return [g.call("add", ins[2], rows_grad) if len(ins) == 3 else rows_grad]
 
 
 @register(
     "embedding_grad",
-    arity=2,
+    arity=(2, 3),
     attrs={"num_rows": REQUIRED},
     infer=_infer_embedding_grad,
     flops=_embedding_grad_flops,
@@ -268,8 +272,11 @@ def _decompose_embedding_grad(g, ins: Sequence, attrs: Mapping[str, Any]) -> lis
     category="fused",
     differentiable=False,
 )
-def embedding_grad(ids: torch.Tensor, dy: torch.Tensor, *, num_rows: int) -> torch.Tensor:
-    """The table's gradient of `embedding(table, ids)`: row r sums dy where ids == r."""
+def embedding_grad(
+    ids: torch.Tensor, dy: torch.Tensor, acc: torch.Tensor | None = None, *, num_rows: int
+) -> torch.Tensor:
+    """The table's gradient of `embedding(table, ids)`: row r sums dy where ids == r, added to
+    `acc` when given (the gradient so far of a table with other uses, e.g. a tied LM head)."""
     width = dy.shape[-1]
-    out = dy.new_zeros(num_rows, width)
+    out = dy.new_zeros(num_rows, width) if acc is None else acc.clone()
     return out.index_add_(0, ids.reshape(-1), dy.reshape(-1, width))
