@@ -656,22 +656,29 @@ def _masked_rows(node: Node, q: Value, k: Value, mask: Value | None) -> bool:
 
 @lowering("attention_lse")
 def _attention_lse(e: Emitter, node: Node) -> None:
-    """The scores once, their ReduceLogSumExp, weights exp(scores - lse) and weights·v.
+    """The scores once, their Softmax, weights·v, and lse = max(scores) - log(max(weights)).
 
-    Computing the output from the same scores costs no second q·kᵀ, which ONNX Attention
-    (no log-sum-exp output) plus a separate log-sum-exp would.
+    Computing the output from the same scores costs no second q·kᵀ, which ONNX Attention (no
+    log-sum-exp output) plus a separate log-sum-exp would. ReduceLogSumExp is not used: it took
+    4.5 ms on 111M's [1, 12, 128, 128] scores where Softmax and two ReduceMax take 0.4 ms; the
+    weight of the largest score is exp(max - lse), so its log gives lse back.
     """
     q, k, v = node.inputs[:3]
     mask = _mask(node, 3)
     y, lse = node.outputs
     scores, _, _ = _scores(e, node, q, k, mask)
-    top = e.op("ReduceLogSumExp", [scores, e.ints([-1], "axes")], keepdims=1)
-    if _masked_rows(node, q, k, mask):  # no key at all: +inf, so the weights are exp(-inf) = 0
+    last = e.ints([-1], "last")
+    weights = e.op("Softmax", [scores], axis=-1)
+    top = e.op("ReduceMax", [scores, last], keepdims=1)
+    if _masked_rows(node, q, k, mask):  # no key at all: zero weights, not NaN, and lse +inf
+        zero = e.tensor(torch.tensor(0.0, dtype=q.type.torch_dtype), "zero")
+        weights = e.op("Where", [e.op("IsNaN", [weights]), zero, weights])
         inf = e.tensor(torch.tensor(float("inf"), dtype=q.type.torch_dtype), "inf")
         top = e.op("Where", [e.op("IsInf", [top], detect_positive=0), inf, top])
-    weights = e.op("Exp", [e.op("Sub", [scores, top])])
+    log_top_weight = e.op("Log", [e.op("ReduceMax", [weights, last], keepdims=1)])
     _merge(e, e.op("MatMul", [weights, _split(e, v, node.attrs["num_heads"])]), y)
-    e.op("Reshape", [top, e.ints(lse.shape, "lse_shape")], lse.name, allowzero=1)
+    full = e.op("Sub", [top, log_top_weight])
+    e.op("Reshape", [full, e.ints(lse.shape, "lse_shape")], lse.name, allowzero=1)
 
 
 @lowering("attention_grad")
