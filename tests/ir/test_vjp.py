@@ -126,6 +126,11 @@ SAMPLES: dict[str, list[Case]] = {
         case(t(2, 4, 6), t(2, 4, 6), t(2, 4, 6), causal=True, **ATTN),
         case(t(1, 4, 6), t(1, 4, 6), t(1, 4, 6), _padding_mask(), causal=False, **ATTN),
     ],
+    "cross_entropy": [
+        case(t(6, 5), t(6, dtype="i64", fill="ids:5"), ignore_index=2, reduction="mean"),
+        case(t(6, 5), t(6, dtype="i32", fill="ids:5"), ignore_index=-100, reduction="sum"),
+    ],
+    "dropout": [case(t(4, 8), t(dtype="i64", fill="ids:1000"), p=0.3, stream=2)],
     "qkv_attention": [
         case(t(2, 4, 6), t(12, 6), t(12), causal=True, **ATTN),
         case(t(1, 4, 6), t(12, 6), causal=False, **ATTN),
