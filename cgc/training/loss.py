@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from cgc.errors import InputError
-from cgc.ir import Graph, TensorType, Value
+from cgc.ir import Graph, Value
+
+IGNORE_INDEX = -100  # torch's default; token ids are never negative
 
 
 def add_next_token_loss(
@@ -14,9 +14,11 @@ def add_next_token_loss(
     """Add the shifted next-token cross-entropy of `logits` as the graph's first output, `%loss`.
 
     Position t predicts token t + 1 of the input ids, as Hugging Face's `labels=input_ids` does:
-    mean over batch·(seq-1) predictions of -log_softmax(logits[:, t])[ids[:, t + 1]]. `logits`
-    names the [batch, seq, vocab] output (default: the only float output of rank 3) and `ids`
-    the [batch, seq] integer input (default: the only integer input). Returns the loss value.
+    the mean over batch·(seq-1) predictions of -log softmax(logits[:, t])[ids[:, t + 1]], one
+    `cross_entropy` over every position, the last one's target being ignore_index (so the
+    logits are not sliced, and the last position's gradient is zero). `logits` names the
+    [batch, seq, vocab] output (default: the only float output of rank 3) and `ids` the
+    [batch, seq] integer input (default: the only integer input). Returns the loss value.
     """
     logit = _one(
         [v for v in graph.outputs if v.type.rank == 3 and v.type.is_float],
@@ -37,22 +39,14 @@ def add_next_token_loss(
         raise InputError(f"token ids %{token.name}: {token.type} do not match logits {logit.type}")
     if seq < 2:
         raise InputError(f"sequence length {seq}: next-token loss needs at least 2 positions")
-    count = batch * (seq - 1)
     with graph.inserting_before(None, {"scope": "loss"}):
-        predictions = graph.call("slice", logit, axis=1, start=0, end=seq - 1)
-        targets = graph.call("slice", token, axis=1, start=1, end=seq)
-        log_probs = graph.call("log_softmax", predictions, axis=-1)
-        # The target's log-probability as a one-hot product: the primitives have no gather.
-        name = graph.fresh_name(f"vocab_ids_{vocab}")
-        vocab_ids = graph.add_param(
-            name,
-            TensorType((vocab,), token.dtype),
-            torch.arange(vocab, dtype=token.type.torch_dtype),
-        )
-        column = graph.call("reshape", targets, shape=[batch, seq - 1, 1])
-        onehot = graph.call("cast", graph.call("eq", column, vocab_ids), dtype=logit.dtype)
-        picked = graph.call("reduce_sum", graph.call("mul", log_probs, onehot), axes=[0, 1, 2])
-        loss = graph.call("mul", picked, graph.constant(-1.0 / count, logit.dtype))
+        following = graph.call("slice", token, axis=1, start=1, end=seq)
+        none = {"value": IGNORE_INDEX, "dtype": token.dtype, "shape": [batch, 1]}
+        last = graph.add_node("constant", [], none).output
+        targets = graph.call("concat", following, last, axis=1)
+        rows = graph.call("reshape", logit, shape=[batch * seq, vocab])
+        flat = graph.call("reshape", targets, shape=[batch * seq])
+        loss = graph.call("cross_entropy", rows, flat, ignore_index=IGNORE_INDEX, reduction="mean")
     graph.rename(loss, graph.fresh_name("loss"))
     graph.outputs.insert(0, loss)
     return loss

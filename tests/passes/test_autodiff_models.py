@@ -1,9 +1,10 @@
 """Gradients of whole models from the autodiff pass against torch autograd, in fp32.
 
 Per parameter tensor, max |cgc - torch| <= 1e-4 · max |torch|, from the interpreter and from
-ONNX Runtime, for every built-in tiny model, Hugging Face GPT-2 (eager and sdpa attention) and
-an ONNX export of GPT-2. Models returning logits get `add_next_token_loss`; torch computes the
-same shifted cross-entropy (Hugging Face: `labels=input_ids`).
+ONNX Runtime, for every built-in tiny model, Hugging Face GPT-2 (eager and sdpa attention, with
+`labels=`), nanoGPT- and minGPT-style models with `targets=`, and an ONNX export of GPT-2.
+Models returning logits get `add_next_token_loss`; torch computes the same shifted
+cross-entropy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from zoo import mingpt, nanogpt
 
 from cgc import models
 from cgc.driver import compile_graph, load_onnx, run_passes, trace
@@ -98,24 +100,55 @@ class _Logits(torch.nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
-def _hf(attn: str) -> transformers.GPT2LMHeadModel:
+def _hf(attn: str, cls: type = transformers.GPT2LMHeadModel) -> transformers.GPT2LMHeadModel:
     config = transformers.GPT2Config(
         n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=32, attn_implementation=attn
     )
-    return _perturb(transformers.GPT2LMHeadModel(config))
+    torch.manual_seed(0)  # transformers initialises from the global generator
+    return _perturb(cls(config))
 
 
 IDS = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_hugging_face_gpt2(attn: str) -> None:
-    model = _hf(attn)
-    graph = _joint(trace(_Logits(model).eval(), (IDS,)))
-    loss = model(input_ids=IDS, labels=IDS, use_cache=False).loss
+class _Labelled(transformers.GPT2LMHeadModel):
+    """Hugging Face GPT-2 computing its own loss from `labels=`."""
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor):
+        return super().forward(input_ids=input_ids, labels=labels, use_cache=False)
+
+
+def _labelled(attn: str) -> tuple[torch.nn.Module, tuple]:
+    labels = IDS.clone()
+    labels[1, 5:] = -100  # ignored positions
+    return _hf(attn, _Labelled).eval(), (IDS, labels)  # eval: no dropout
+
+
+def _zoo(module) -> tuple[torch.nn.Module, tuple]:
+    model, (ids,) = module.get_model()
+    targets = torch.roll(ids, -1, dims=1)
+    targets[:, -1] = -1  # their ignore_index
+    return _perturb(model.eval()), (ids, targets)
+
+
+LOSS_MODELS = {
+    "hf-eager-labels": lambda: _labelled("eager"),
+    "hf-sdpa-labels": lambda: _labelled("sdpa"),
+    "nanogpt-targets": lambda: _zoo(nanogpt),
+    "mingpt-targets": lambda: _zoo(mingpt),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_MODELS))
+def test_models_computing_their_own_loss(name: str) -> None:
+    """The model's 0-d output is the loss: traced, fused to cross_entropy, differentiated."""
+    module, inputs = LOSS_MODELS[name]()
+    graph = run_passes(run_passes(trace(module, inputs), "default"), "autodiff")
+    assert graph.op_counts()["cross_entropy_grad"] == 1
+    loss = [t for t in torch.utils._pytree.tree_leaves(module(*inputs)) if t.dim() == 0][0]
     loss.backward()
     for backend in BACKENDS:
-        _check(_errors(graph, (IDS,), _Logits(model), loss, backend))
+        _check(_errors(graph, inputs, module, loss, backend))
 
 
 def test_onnx_export_of_gpt2(tmp_path: Path) -> None:
