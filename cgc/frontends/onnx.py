@@ -54,7 +54,8 @@ def load_onnx(
             raise UnsupportedOpError(_unsupported(node, path))
     _check_external_data(model, path)
     # Read before _fix_input_shapes, which may drop the value_info holding the records.
-    trainable, folded = trainable_initializers(model), _folded_from(model)
+    trainable = trainable_initializers(model)
+    folded = _copies(model, trainable)
     _fix_input_shapes(model, dict(input_shapes or {}), path)
     return _Importer(model, _infer_types(model, path), path, opset, trainable, folded).run()
 
@@ -71,11 +72,14 @@ def trainable_initializers(model: onnx.ModelProto) -> set[str]:
     model's weights, BUFFER ones are not, and constants its optimizer folded (causal masks,
     position rows, transposed copies) carry no kind. When a file has that record, exactly the
     floating-point PARAMETER initializers are trainable. Otherwise (the TorchScript exporter,
-    other tools) every floating-point initializer of rank >= 1 is: scalars are constants, and
-    an exported float constant (a mask) may then be marked too; `autodiff{wrt=...}` narrows it.
+    other tools) every floating-point initializer of rank >= 1 is, except those the TorchScript
+    exporter names `onnx::...` (constants it made): scalars are constants, and an exported float
+    constant under another name (a mask) may be marked too; `autodiff{wrt=...}` narrows it.
     """
     floats = {
-        t.name for t in model.graph.initializer if t.data_type in _FLOAT_TYPES and len(t.dims) >= 1
+        t.name
+        for t in model.graph.initializer
+        if t.data_type in _FLOAT_TYPES and len(t.dims) >= 1 and not t.name.startswith("onnx::")
     }
     kinds = {
         info.name: prop.value
@@ -88,19 +92,26 @@ def trainable_initializers(model: onnx.ModelProto) -> set[str]:
     return {name for name in floats if kinds.get(name) == "PARAMETER"}
 
 
-def _folded_from(model: onnx.ModelProto) -> dict[str, str]:
-    """Initializers the exporter's optimizer folded from exactly one other value, by source.
+def _copies(model: onnx.ModelProto, trainable: set[str]) -> dict[str, list[str]]:
+    """Initializers that may be an exporter's transposed copy of a trainable matrix: each with
+    the matrices it may copy (the importer compares the data).
 
-    The dynamo exporter folds `Transpose(lm_head.weight)` into a new initializer, which would
-    untie the LM head from the embedding it shares; the importer restores such transposes.
+    Exporters store `Transpose(lm_head.weight)` as a new initializer, which would untie the LM
+    head from the embedding it shares: the dynamo exporter's optimizer records what it folded
+    each initializer from (one source), the TorchScript exporter names such constants
+    `onnx::MatMul_N`, a copy of some trainable matrix of the transposed shape.
     """
-    out = {}
+    out: dict[str, list[str]] = {}
     for info in model.graph.value_info:
         for prop in info.metadata_props:
             if prop.key == _FOLDED_FROM:
                 sources = ast.literal_eval(prop.value)
                 if isinstance(sources, list) and len(sources) == 1:
-                    out[info.name] = str(sources[0])
+                    out[info.name] = [str(sources[0])]
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    for name, dims in shapes.items():
+        if name.startswith("onnx::") and len(dims) == 2:
+            out[name] = [w for w in sorted(trainable) if shapes.get(w) == dims[::-1]]
     return out
 
 
@@ -359,7 +370,7 @@ class _Importer:
         path: Path,
         opset: int,
         trainable: set[str],
-        folded: dict[str, str],
+        folded: dict[str, list[str]],
     ) -> None:
         self.model = model
         self.trainable = trainable
@@ -399,14 +410,23 @@ class _Importer:
     # -- values --------------------------------------------------------------------------------
 
     def _restore_transpose(self, name: str) -> None:
-        """An initializer the exporter folded from a trainable matrix as its transpose becomes
+        """An initializer an exporter made as the transpose of a trainable matrix becomes
         `transpose(matrix)`, so both uses train one weight (a tied LM head)."""
-        source = self.folded.get(name)
-        if source not in self.trainable or source not in self._initial:
+        copy = self._initial[name]
+        source = next(
+            (
+                w
+                for w in self.folded.get(name, [])
+                if w in self.trainable
+                and w in self._initial
+                and self._initial[w].ndim == 2
+                and np.array_equal(copy, self._initial[w].T)
+            ),
+            None,
+        )
+        if source is None:
             return
-        folded, weight = self._initial[name], self._initial[source]
-        if weight.ndim != 2 or not np.array_equal(folded, weight.T):
-            return
+        weight = self._initial[source]
         with self.g.inserting_before(None, {"source": f"{self.path.name}:{name}"}):
             param = self._materialize(source, weight, False, True)
             names = [self.g.fresh_name(ir_value_name(name))]

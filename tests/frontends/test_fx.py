@@ -149,6 +149,17 @@ def randn(*shape: int) -> torch.Tensor:
 # -- exact IR -----------------------------------------------------------------------------------
 
 
+def test_trainable_parameters_are_those_requiring_grad() -> None:
+    """Parameters that require grad are trainable; frozen ones and buffers are not."""
+    block = TinyBlock()
+    block.ln.weight.requires_grad_(False)
+    block.register_buffer("scale", torch.full((8,), 2.0))
+    block.forward = lambda x: block.ln(block.act(block.fc(x))) * block.scale
+    graph = trace(block, (randn(2, 3, 4),))
+    assert graph.trainable == {"fc.weight", "fc.bias", "ln.bias"}
+    assert {"ln.weight", "scale"} <= set(graph.params)
+
+
 def test_tiny_block_ir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(HERE)  # sources print relative to the working directory
     graph = trace(TinyBlock(), (randn(2, 3, 4),))
