@@ -16,6 +16,7 @@ import torch
 from cgc.errors import IRError
 from cgc.ir.ops.infer import same_dtype
 from cgc.ir.ops.nn import (
+    ATTENTION_ATTRS,
     _attention_flops,
     _infer_attention,
     _merge_heads,
@@ -74,7 +75,7 @@ def _decompose_attention_grad(g, ins: Sequence, attrs: Mapping[str, Any]) -> lis
 @register(
     "attention_grad",
     arity=(6, 7),
-    attrs={"num_heads": REQUIRED, "causal": False, "scale": REQUIRED},
+    attrs=ATTENTION_ATTRS,
     infer=_infer_attention_grad,
     flops=_attention_grad_flops,
     decompose=_decompose_attention_grad,

@@ -222,9 +222,11 @@ def _attention_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attr
     return 2 * scores * (e // heads) + 2 * scores * (v.shape[-1] // heads) + 5 * scores
 
 
-# The attention family (attention, attention_lse, attention_grad in backward.py) shares how
-# heads are split and how the causal and additive masks make the scores, in torch (reference
-# implementations) and in IR (decompositions): a new masking attribute extends both here.
+# The attention family (attention, attention_lse, qkv_attention, attention_grad in backward.py)
+# shares its attributes, how heads are split and how the causal and additive masks make the
+# scores, in torch (reference implementations) and in IR (decompositions): a new masking
+# attribute extends all of them here.
+ATTENTION_ATTRS = {"num_heads": REQUIRED, "causal": False, "scale": REQUIRED}
 
 
 def causal_keep(t: int, s: int) -> torch.Tensor:
@@ -319,7 +321,7 @@ def _attention_vjp(g, node, cotangents):
 @register(
     "attention",
     arity=(3, 4),
-    attrs={"num_heads": REQUIRED, "causal": False, "scale": REQUIRED},
+    attrs=ATTENTION_ATTRS,
     infer=_infer_attention,
     flops=_attention_flops,
     decompose=_decompose_attention,
@@ -397,7 +399,7 @@ def _attention_lse_vjp(g, node, cotangents):
 @register(
     "attention_lse",
     arity=(3, 4),
-    attrs={"num_heads": REQUIRED, "causal": False, "scale": REQUIRED},
+    attrs=ATTENTION_ATTRS,
     infer=_infer_attention_lse,
     flops=_attention_flops,
     decompose=_decompose_attention_lse,
@@ -471,7 +473,7 @@ def _qkv_attention_vjp(g, node, cotangents):
 @register(
     "qkv_attention",
     arity=(2, 3),
-    attrs={"num_heads": REQUIRED, "causal": False, "scale": REQUIRED},
+    attrs=ATTENTION_ATTRS,
     infer=_infer_qkv_attention,
     flops=_qkv_attention_flops,
     decompose=_decompose_qkv_attention,
