@@ -19,7 +19,7 @@ from zoo import mingpt, nanogpt
 
 from cgc import models
 from cgc.driver import compile_graph, load_onnx, run_passes, trace
-from cgc.ir import Graph, interpret
+from cgc.ir import Graph, interpret, parse
 from cgc.passes.autodiff import GRAD_PREFIX
 from cgc.training import add_next_token_loss
 
@@ -41,9 +41,12 @@ def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _joint(graph: Graph, ids: str | None = None) -> Graph:
+    """The training graph: default pipeline, next-token loss, autodiff; it round-trips as text."""
     graph = run_passes(graph, "default")
     add_next_token_loss(graph, ids=ids)
-    return run_passes(graph, "autodiff")
+    graph = run_passes(graph, "autodiff")
+    assert str(parse(str(graph))) == str(graph)
+    return graph
 
 
 def _torch_grad(module: torch.nn.Module, name: str) -> torch.Tensor:
