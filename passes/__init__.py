@@ -1,6 +1,7 @@
 """Graph passes: the pass manager, the pattern rewriter, and the passes (imported to register)."""
 
 from cgc.passes import (  # noqa: F401  (registration)
+    autodiff,
     canonicalize,
     fuse_attention,
     fuse_cross_entropy,

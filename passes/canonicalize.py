@@ -182,8 +182,10 @@ class Canonicalize(Pass):
         if node.op == "transpose":
             # A layout change, not a computation: the consumer decides the layout, not the size.
             return _is_linear_weight_layout(graph, node)
+        # A trainable weight is never folded into a new constant: its gradient would be lost.
         return node.output.type.numel <= self.fold_limit and all(
-            is_known(graph, v) and v.type.numel <= self.fold_limit for v in node.inputs
+            is_known(graph, v) and v.type.numel <= self.fold_limit and v.name not in graph.trainable
+            for v in node.inputs
         )
 
 
@@ -211,20 +213,22 @@ def _fold(graph: Graph, node: Node) -> None:
 
     A parameter made from exactly one other parameter is named after it (`w.transpose`), so
     folded weights keep their provenance; otherwise the result takes the folded value's name.
+    A trainable weight stored transposed stays trainable (only layouts of weights fold).
     """
     args = [_known_data(graph, v) for v in node.inputs]
     with torch.no_grad():
         data = get_op(node.op).impl(*args, **node.attrs)
     out = node.output
     flat = data.reshape(-1)
+    trainable = any(v.name in graph.trainable for v in node.inputs)
     with graph.inserting_before(node, node.meta):
-        if not data.is_meta and flat.numel() and bool((flat == flat[0]).all()):
+        if not trainable and not data.is_meta and flat.numel() and bool((flat == flat[0]).all()):
             attrs = {"value": flat[0].item(), "dtype": out.dtype, "shape": list(out.shape)}
             new = graph.add_node("constant", [], attrs).output
         else:
             # A copy, not a view: a view would pin (and share storage with) the source weight.
             data = data.clone(memory_format=torch.contiguous_format)
-            new = graph.add_param(graph.fresh_name(out.name), out.type, data)
+            new = graph.add_param(graph.fresh_name(out.name), out.type, data, trainable=trainable)
     params = [v.name for v in node.inputs if v.producer is None]
     name = f"{params[0]}.{node.op}" if len(params) == 1 and new.producer is None else out.name
     graph.replace_all_uses(out, new)

@@ -6,6 +6,7 @@ the graph ORT runs is the fused graph cgc built. Primitives map one-to-one where
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from math import prod
 from typing import Any
@@ -372,7 +373,7 @@ def _attention(e: Emitter, node: Node) -> None:
     # ORT aligns is_causal top-left (the ONNX spec); the IR aligns bottom-right (as torch). They
     # agree when t == s; otherwise the causal mask goes in as an explicit bias.
     causal = node.attrs["causal"]
-    bias = attention_bias(e, node, causal_bias=causal and t != s)
+    bias = attention_bias(e, q, k, _mask(node, 3), causal_bias=causal and t != s)
     e.op(
         "Attention",
         [*_names(node.inputs[:3]), *([bias] if bias else [])],
@@ -384,7 +385,14 @@ def _attention(e: Emitter, node: Node) -> None:
     )
 
 
-def attention_bias(e: Emitter, node: Node, *, causal_bias: bool) -> str | None:
+def _mask(node: Node, index: int) -> Value | None:
+    """The optional additive-mask operand of an attention-family node, at `index`."""
+    return node.inputs[index] if len(node.inputs) > index else None
+
+
+def attention_bias(
+    e: Emitter, q: Value, k: Value, mask: Value | None, *, causal_bias: bool
+) -> str | None:
     """The additive mask as a [b|1, h|1, t, s] tensor of q's dtype, with the causal mask when asked.
 
     ORT's attention kernels broadcast the batch and head axes of the mask but not the last two.
@@ -393,11 +401,9 @@ def attention_bias(e: Emitter, node: Node, *, causal_bias: bool) -> str | None:
     (finfo.min) leaves a fully padded query attending evenly to every key. So mask entries at
     that lowest value are raised a hair, which changes no weight; -inf still masks.
     """
-    q, k = node.inputs[0], node.inputs[1]
     t, s = q.shape[1], k.shape[1]
     bias = None
-    if len(node.inputs) == 4:
-        mask = node.inputs[3]
+    if mask is not None:
         bias = mask.name
         if mask.dtype != q.dtype:
             bias = e.op("Cast", [bias], to=ONNX_DTYPES[q.dtype])
@@ -572,3 +578,179 @@ def _dropout(e: Emitter, node: Node) -> None:
     dtype = x.type.torch_dtype
     scaled = e.op("Mul", [x.name, e.tensor(torch.tensor(keep_scale(p), dtype=dtype), "scale")])
     e.op("Where", [keep, scaled, e.tensor(torch.zeros((), dtype=dtype), "zero")], node.output.name)
+
+
+# -- training: the training forward of attention, backward ops, pad -----------------------------
+# The plain onnxruntime package has no gradient kernels (com.microsoft GeluGrad,
+# LayerNormalizationGrad, SoftmaxGrad_13 and GatherGrad fail to load in ORT 1.32), so these are
+# standard ops plus com.microsoft.FusedMatMul, whose transA/transB and alpha save the
+# transposes and scalings of the attention backward.
+
+
+@lowering("pad")
+def _pad(e: Emitter, node: Node) -> None:
+    """Pad for zeros before and after; interior zeros (a strided slice's cotangent) come from a
+    new axis after `axis`, padded to the stride and merged into it, the surplus trimmed."""
+    x, a = node.inputs[0], node.attrs
+    rank, axis = x.type.rank, a["axis"] % x.type.rank
+    n, step = x.shape[axis], a["interior"] + 1
+
+    def pads(before: int, after: int, size: int = rank, at: int = axis) -> str:
+        values = [0] * (2 * size)
+        values[at], values[size + at] = before, after
+        return e.ints(values, "pads")
+
+    if step == 1 or n <= 1:
+        e.op("Pad", [x.name, pads(a["before"], a["after"])], node.output.name)
+        return
+    spread = e.op("Unsqueeze", [x.name, e.ints([axis + 1], "axes")])
+    spread = e.op("Pad", [spread, pads(0, step - 1, rank + 1, axis + 1)])
+    merged = [*x.shape[:axis], n * step, *x.shape[axis + 1 :]]
+    spread = e.op("Reshape", [spread, e.ints(merged, "merged")], allowzero=1)
+    # n·step elements hold step - 1 trailing zeros more than the strided copy: a negative pad.
+    e.op("Pad", [spread, pads(a["before"], a["after"] - (step - 1))], node.output.name)
+
+
+@lowering("embedding_grad")
+def _embedding_grad(e: Emitter, node: Node) -> None:
+    """ScatterND with reduction=add of the cotangent rows into the accumulator (or zeros)."""
+    ids, dy = node.inputs[:2]
+    out = node.output
+    if len(node.inputs) == 3:
+        table = node.inputs[2].name
+    else:
+        zero = tensor_proto("value", torch.zeros(1, dtype=out.type.torch_dtype))
+        table = e.op("ConstantOfShape", [e.ints(out.shape, "shape")], value=zero)
+    index = ids.name if ids.dtype == "i64" else e.op("Cast", [ids.name], to=TensorProto.INT64)
+    index = e.op("Unsqueeze", [index, e.ints([-1], "axes")])
+    e.op("ScatterND", [table, index, dy.name], out.name, reduction="add")
+
+
+def _split(e: Emitter, x: Value, heads: int) -> str:
+    """[b, s, heads·d] -> [b, heads, s, d]."""
+    b, s, width = x.shape
+    x4 = e.op("Reshape", [x.name, e.ints([b, s, heads, width // heads], "heads")], allowzero=1)
+    return e.op("Transpose", [x4], perm=[0, 2, 1, 3])
+
+
+def _merge(e: Emitter, x: str, out: Value) -> None:
+    """[b, heads, s, d] -> [b, s, heads·d], written to `out`."""
+    merged = e.op("Transpose", [x], perm=[0, 2, 1, 3])
+    e.op("Reshape", [merged, e.ints(out.shape, "shape")], out.name, allowzero=1)
+
+
+def _scores(e: Emitter, node: Node, q: Value, k: Value, mask: Value | None) -> tuple[str, str, str]:
+    """The per-head scores scale·q·kᵀ + bias, [b, h, t, s], and the split q and k."""
+    heads, scale = node.attrs["num_heads"], float(node.attrs["scale"])
+    qh = _split(e, q, heads)
+    kh = _split(e, k, heads)
+    scores = e.op("FusedMatMul", [qh, kh], domain=MS_DOMAIN, transB=1, alpha=scale)
+    bias = attention_bias(e, q, k, mask, causal_bias=node.attrs["causal"])
+    return (e.op("Add", [scores, bias]) if bias else scores), qh, kh
+
+
+def _masked_rows(node: Node, q: Value, k: Value, mask: Value | None) -> bool:
+    """Whether a query may see no key (its log-sum-exp is then -inf until fixed to +inf)."""
+    return mask is not None or (node.attrs["causal"] and q.shape[1] > k.shape[1])
+
+
+@lowering("attention_lse")
+def _attention_lse(e: Emitter, node: Node) -> None:
+    """The scores once, their Softmax, weights·v, and lse = max(scores) - log(max(weights)).
+
+    Computing the output from the same scores costs no second q·kᵀ, which ONNX Attention (no
+    log-sum-exp output) plus a separate log-sum-exp would. ReduceLogSumExp is not used: it took
+    4.5 ms on 111M's [1, 12, 128, 128] scores where Softmax and two ReduceMax take 0.4 ms; the
+    weight of the largest score is exp(max - lse), so its log gives lse back.
+    """
+    q, k, v = node.inputs[:3]
+    mask = _mask(node, 3)
+    y, lse = node.outputs
+    scores, _, _ = _scores(e, node, q, k, mask)
+    last = e.ints([-1], "last")
+    weights = e.op("Softmax", [scores], axis=-1)
+    top = e.op("ReduceMax", [scores, last], keepdims=1)
+    if _masked_rows(node, q, k, mask):  # no key at all: zero weights, not NaN, and lse +inf
+        zero = e.tensor(torch.tensor(0.0, dtype=q.type.torch_dtype), "zero")
+        weights = e.op("Where", [e.op("IsNaN", [weights]), zero, weights])
+        inf = e.tensor(torch.tensor(float("inf"), dtype=q.type.torch_dtype), "inf")
+        top = e.op("Where", [e.op("IsInf", [top], detect_positive=0), inf, top])
+    log_top_weight = e.op("Log", [e.op("ReduceMax", [weights, last], keepdims=1)])
+    _merge(e, e.op("MatMul", [weights, _split(e, v, node.attrs["num_heads"])]), y)
+    full = e.op("Sub", [top, log_top_weight])
+    e.op("Reshape", [full, e.ints(lse.shape, "lse_shape")], lse.name, allowzero=1)
+
+
+@lowering("attention_grad")
+def _attention_grad(e: Emitter, node: Node) -> None:
+    """FlashAttention's backward with the weights recomputed from the log-sum-exp:
+    P = exp(S - lse), dV = Pᵀ·dY, dS = P·(dY·Vᵀ - rowsum(dY·Y)), dQ = s·dS·K, dK = s·dSᵀ·Q."""
+    dy, q, k, v, y, lse = node.inputs[:6]
+    dq, dk, dv = node.outputs
+    heads, scale = node.attrs["num_heads"], float(node.attrs["scale"])
+    scores, qh, kh = _scores(e, node, q, k, _mask(node, 6))
+    top = e.op("Unsqueeze", [lse.name, e.ints([-1], "axes")])
+    weights = e.op("Exp", [e.op("Sub", [scores, top])])
+    dyh = _split(e, dy, heads)
+    _merge(e, e.op("FusedMatMul", [weights, dyh], domain=MS_DOMAIN, transA=1), dv)
+    dweights = e.op("FusedMatMul", [dyh, _split(e, v, heads)], domain=MS_DOMAIN, transB=1)
+    rowdot = e.op(
+        "ReduceSum", [e.op("Mul", [dyh, _split(e, y, heads)]), e.ints([-1], "axes")], keepdims=1
+    )
+    dscores = e.op("Mul", [weights, e.op("Sub", [dweights, rowdot])])
+    _merge(e, e.op("FusedMatMul", [dscores, kh], domain=MS_DOMAIN, alpha=scale), dq)
+    _merge(e, e.op("FusedMatMul", [dscores, qh], domain=MS_DOMAIN, transA=1, alpha=scale), dk)
+
+
+@lowering("layer_norm_grad")
+def _layer_norm_grad(e: Emitter, node: Node) -> None:
+    """x̂ and 1/σ from LayerNormalization's own outputs (unit gain), then
+    dx = (g - mean(g) - x̂·mean(g·x̂))/σ with g = dy·w, dw = Σ dy·x̂, db = Σ dy over rows."""
+    dy, x = node.inputs[:2]
+    dx, dw, db = node.outputs
+    width = x.shape[-1]
+    ones = e.tensor(torch.ones(width, dtype=x.type.torch_dtype), "ones")
+    xhat, rstd = e.fresh("xhat"), e.fresh("rstd")
+    e.op(
+        "LayerNormalization",
+        [x.name, ones],
+        [xhat, e.fresh("mean"), rstd],
+        axis=-1,
+        epsilon=node.attrs["eps"],
+    )
+    g = e.op("Mul", [dy.name, node.inputs[2].name]) if len(node.inputs) == 3 else dy.name
+    last = e.ints([-1], "last")
+    mean_g = e.op("ReduceMean", [g, last], keepdims=1)
+    mean_gx = e.op("ReduceMean", [e.op("Mul", [g, xhat]), last], keepdims=1)
+    inner = e.op("Sub", [e.op("Sub", [g, mean_g]), e.op("Mul", [xhat, mean_gx])])
+    e.op("Mul", [inner, rstd], dx.name)
+    rows = e.ints(range(x.type.rank - 1), "rows")
+    e.op("ReduceSum", [e.op("Mul", [dy.name, xhat]), rows], dw.name, keepdims=0)
+    e.op("ReduceSum", [dy.name, rows], db.name, keepdims=0)
+
+
+@lowering("gelu_grad")
+def _gelu_grad(e: Emitter, node: Node) -> None:
+    """dy·GELU'(x) in elementwise ops: Φ(x) + x·φ(x) (erf), or the tanh form's derivative."""
+    dy, x = node.inputs
+    dtype = x.type.torch_dtype
+
+    def c(value: float) -> str:
+        return e.tensor(torch.tensor(value, dtype=dtype), "c")
+
+    if node.attrs["approximate"] == "tanh":
+        # t = tanh(k·x·(1 + a·x²)); GELU' = ½(1 + t) + ½·k·x·(1 - t²)·(1 + 3a·x²)
+        k, a = math.sqrt(2.0 / math.pi), 0.044715
+        x2 = e.op("Mul", [x.name, x.name])
+        t = e.op("Tanh", [e.op("Mul", [x.name, e.op("Add", [e.op("Mul", [x2, c(k * a)]), c(k)])])])
+        left = e.op("Add", [e.op("Mul", [t, c(0.5)]), c(0.5)])
+        slope = e.op("Sub", [c(1.0), e.op("Mul", [t, t])])
+        growth = e.op("Add", [e.op("Mul", [x2, c(1.5 * k * a)]), c(0.5 * k)])
+        right = e.op("Mul", [e.op("Mul", [x.name, slope]), growth])
+    else:
+        # Φ(x) = ½ + ½·erf(x/√2); x·φ(x) = x·exp(log(1/√(2π)) - x²/2)
+        u = e.op("Mul", [x.name, c(1.0 / math.sqrt(2.0))])
+        left = e.op("Add", [e.op("Mul", [e.op("Erf", [u]), c(0.5)]), c(0.5)])
+        log_density = e.op("Sub", [c(-0.5 * math.log(2.0 * math.pi)), e.op("Mul", [u, u])])
+        right = e.op("Mul", [x.name, e.op("Exp", [log_density])])
+    e.op("Mul", [dy.name, e.op("Add", [left, right])], node.output.name)

@@ -16,12 +16,14 @@ import torch
 
 from cgc.debug.instruments import Instrument, TextOutput
 from cgc.debug.irfile import real_weights, write_ir, write_weights
+from cgc.errors import InputError
 from cgc.ir import Graph
 from cgc.passes.manager import Pass, PassContext
 
 
 class CrashReproducer(Instrument, TextOutput):
-    """Write a reproducer when a pass (or the verifier after it) raises.
+    """Write a reproducer when a pass (or the verifier after it) raises; not when it refuses
+    the user's input with an InputError (a missing loss, a bad option), which is no crash.
 
     `path` is the .cgc file to write (None: `reproducer.cgc` in a new temporary folder). After a
     failure `path`, `weights_path` and `command` say what was written and how to replay it; the
@@ -43,6 +45,8 @@ class CrashReproducer(Instrument, TextOutput):
         self._weights = real_weights(graph)  # the tensors, not copies: passes never mutate them
 
     def failed_pass(self, p: Pass, graph: Graph, error: Exception, ctx: PassContext) -> None:
+        if isinstance(error, InputError):  # a pass refusing the user's input is no crash
+            return
         if self.path is None:
             self.path = Path(tempfile.mkdtemp(prefix="cgc-reproducer-")) / "reproducer.cgc"
         words = ["cgc", "opt", str(self.path)]

@@ -259,7 +259,10 @@ class FxImporter:
             else:  # a Python value export specialised the graph on
                 self.folded[node] = val
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
-            self.values[node] = self._param(spec.target, self._tensors[spec.target])
+            tensor = self._tensors[spec.target]
+            # Trainable: an nn.Parameter that requires grad; buffers and frozen weights are fixed.
+            trainable = spec.kind == InputKind.PARAMETER and tensor.requires_grad
+            self.values[node] = self._param(spec.target, tensor, trainable=trainable)
         elif spec.kind == InputKind.CONSTANT_TENSOR:
             tensor = self.program.constants[spec.target]
             if tensor.is_meta:
@@ -271,12 +274,13 @@ class FxImporter:
                 f"model input {node.name} is a {spec.kind.name.lower()}; cgc imports tensors only"
             )
 
-    def _param(self, fqn: str, tensor: torch.Tensor) -> Value:
+    def _param(self, fqn: str, tensor: torch.Tensor, *, trainable: bool = False) -> Value:
         name = self._canonical.get(id(tensor), fqn)
         if name in self.g.params:
             return self.g.params[name]
         data = None if tensor.is_meta else tensor
-        return self.g.add_param(name, TensorType.of(tensor), data)
+        trainable = trainable and tensor.is_floating_point()
+        return self.g.add_param(name, TensorType.of(tensor), data, trainable=trainable)
 
     def _call(self, node: FxNode) -> None:
         target = node.target

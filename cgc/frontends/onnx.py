@@ -53,8 +53,66 @@ def load_onnx(
         if node.domain not in _DEFAULT_DOMAINS or not onnx.defs.has(node.op_type):
             raise UnsupportedOpError(_unsupported(node, path))
     _check_external_data(model, path)
+    # Read before _fix_input_shapes, which may drop the value_info holding the records.
+    trainable = trainable_initializers(model)
+    folded = _copies(model, trainable)
     _fix_input_shapes(model, dict(input_shapes or {}), path)
-    return _Importer(model, _infer_types(model, path), path, opset).run()
+    return _Importer(model, _infer_types(model, path), path, opset, trainable, folded).run()
+
+
+_INPUT_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
+_FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"
+
+
+def trainable_initializers(model: onnx.ModelProto) -> set[str]:
+    """The initializers that are model weights, which training updates.
+
+    ONNX has no such notion, so this is a rule. torch.onnx's dynamo exporter records the
+    torch.export input kind of each initializer in value_info metadata: PARAMETER ones are the
+    model's weights, BUFFER ones are not, and constants its optimizer folded (causal masks,
+    position rows, transposed copies) carry no kind. When a file has that record, exactly the
+    floating-point PARAMETER initializers are trainable. Otherwise (the TorchScript exporter,
+    other tools) every floating-point initializer of rank >= 1 is, except those the TorchScript
+    exporter names `onnx::...` (constants it made): scalars are constants, and an exported float
+    constant under another name (a mask) may be marked too; `autodiff{wrt=...}` narrows it.
+    """
+    floats = {
+        t.name
+        for t in model.graph.initializer
+        if t.data_type in _FLOAT_TYPES and len(t.dims) >= 1 and not t.name.startswith("onnx::")
+    }
+    kinds = {
+        info.name: prop.value
+        for info in model.graph.value_info
+        for prop in info.metadata_props
+        if prop.key == _INPUT_KIND
+    }
+    if not kinds:
+        return floats
+    return {name for name in floats if kinds.get(name) == "PARAMETER"}
+
+
+def _copies(model: onnx.ModelProto, trainable: set[str]) -> dict[str, list[str]]:
+    """Initializers that may be an exporter's transposed copy of a trainable matrix: each with
+    the matrices it may copy (the importer compares the data).
+
+    Exporters store `Transpose(lm_head.weight)` as a new initializer, which would untie the LM
+    head from the embedding it shares: the dynamo exporter's optimizer records what it folded
+    each initializer from (one source), the TorchScript exporter names such constants
+    `onnx::MatMul_N`, a copy of some trainable matrix of the transposed shape.
+    """
+    out: dict[str, list[str]] = {}
+    for info in model.graph.value_info:
+        for prop in info.metadata_props:
+            if prop.key == _FOLDED_FROM:
+                sources = ast.literal_eval(prop.value)
+                if isinstance(sources, list) and len(sources) == 1:
+                    out[info.name] = [str(sources[0])]
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    for name, dims in shapes.items():
+        if name.startswith("onnx::") and len(dims) == 2:
+            out[name] = [w for w in sorted(trainable) if shapes.get(w) == dims[::-1]]
+    return out
 
 
 def ir_value_name(onnx_name: str) -> str:
@@ -306,27 +364,40 @@ class _Importer:
     """Walks the ONNX nodes in order, folding constants and converting the rest into IR."""
 
     def __init__(
-        self, model: onnx.ModelProto, known: dict[str, TensorType], path: Path, opset: int
+        self,
+        model: onnx.ModelProto,
+        known: dict[str, TensorType],
+        path: Path,
+        opset: int,
+        trainable: set[str],
+        folded: dict[str, list[str]],
     ) -> None:
         self.model = model
+        self.trainable = trainable
+        self.folded = folded
         self.known = known  # value types from ONNX shape inference, checked against cgc's
         self.path = path
         self.opset = opset
         self.g = Graph(ir_value_name(path.stem))
         self.env: dict[str, Operand] = {}
-        # Floating-point initializers of rank >= 2 (matrices, tables), and their Identity copies.
-        self.weights: set[str] = set()
+        # Floating-point initializers of rank >= 2 (matrices, tables), trainable ones, and their
+        # Identity copies.
+        self.weights: set[str] = set(trainable)
         self.consumed = {name for node in model.graph.node for name in node.input}
         self.consumed |= {out.name for out in model.graph.output}
         self._cache: dict[tuple[str, bool], Value] = {}
         self._constants: set[int] = set()  # ids of values created for constants (named already)
+        self._initial: dict[str, np.ndarray] = {}  # each initializer's array as read
 
     def run(self) -> Graph:
         graph = self.model.graph
         for tensor in graph.initializer:
             self.env[tensor.name] = self._array(tensor)
+            self._initial[tensor.name] = self.env[tensor.name]
             if len(tensor.dims) >= 2 and tensor.data_type in _FLOAT_TYPES:
                 self.weights.add(tensor.name)
+        for tensor in graph.initializer:
+            self._restore_transpose(tensor.name)
         for info in graph.input:
             if info.name not in self.env:
                 self.env[info.name] = self.g.add_input(ir_value_name(info.name), self._type(info))
@@ -337,6 +408,31 @@ class _Importer:
         return self.g
 
     # -- values --------------------------------------------------------------------------------
+
+    def _restore_transpose(self, name: str) -> None:
+        """An initializer an exporter made as the transpose of a trainable matrix becomes
+        `transpose(matrix)`, so both uses train one weight (a tied LM head)."""
+        copy = self._initial[name]
+        source = next(
+            (
+                w
+                for w in self.folded.get(name, [])
+                if w in self.trainable
+                and w in self._initial
+                and self._initial[w].ndim == 2
+                and np.array_equal(copy, self._initial[w].T)
+            ),
+            None,
+        )
+        if source is None:
+            return
+        weight = self._initial[source]
+        with self.g.inserting_before(None, {"source": f"{self.path.name}:{name}"}):
+            param = self._materialize(source, weight, False, True)
+            names = [self.g.fresh_name(ir_value_name(name))]
+            self.env[name] = self.g.add_node("transpose", [param], {"perm": [1, 0]}, names=names)
+            self.env[name] = self.env[name].output
+        self.weights.add(name)
 
     def _array(self, tensor: TensorProto) -> np.ndarray:
         """An initializer's data; external data is read straight into a writable array."""
@@ -376,7 +472,11 @@ class _Importer:
             attrs = {"value": _python_scalar(array, dtype), "dtype": dtype, "shape": []}
             out = self.g.add_node("constant", [], attrs, names=[name]).output
         else:
-            out = self.g.add_param(name, TensorType(array.shape, dtype), _to_torch(array))
+            # A trainable initializer stays trainable only as itself (not cast or derived).
+            trainable = key in self.trainable and array is self._initial.get(key)
+            out = self.g.add_param(
+                name, TensorType(array.shape, dtype), _to_torch(array), trainable=trainable
+            )
         self._constants.add(id(out))
         if cached:
             self._cache[(key, scalar)] = out

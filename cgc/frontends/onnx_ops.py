@@ -347,13 +347,10 @@ def _gemm(n: OnnxNode) -> list[Operand]:
         y = n.call("mul", y, n.scalar(alpha, y.dtype))
     if not n.has(2) or beta == 0.0:
         return [y]
-    c = n.const(2)
-    if c is not None and beta != 1.0:
-        bias = n.constant((c * beta).astype(c.dtype), f"{n.proto.input[2]}.beta")
-    else:
-        bias = n.value(2)
-        if beta != 1.0:
-            bias = n.call("mul", bias, n.scalar(beta, bias.dtype))
+    # C stays itself (a constant C is folded later unless it is a trainable weight).
+    bias = n.value(2)
+    if beta != 1.0:
+        bias = n.call("mul", bias, n.scalar(beta, bias.dtype))
     return [n.call("add", y, bias)]
 
 

@@ -2,7 +2,9 @@
 
 Parameters (weights, buffers, folded constants) are values without a producer; their data lives
 in `Graph.weights` and may be absent or on the meta device, so a 13B model can be compiled
-without allocating its weights.
+without allocating its weights. The names in `Graph.trainable` are the model's weights that
+training updates (printed `param trainable %w`); the other parameters (buffers, causal masks,
+folded constants) are fixed, and autodiff never differentiates them unless asked.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class Graph:
         self.outputs: list[Value] = []
         self.params: dict[str, Value] = {}
         self.weights: dict[str, torch.Tensor] = {}
+        self.trainable: set[str] = set()
         self.nodes: list[Node] = []
         self._names: set[str] = set()
         self._insert_at: Node | None = None
@@ -117,12 +120,26 @@ class Graph:
         self.inputs.append(value)
         return value
 
-    def add_param(self, name: str, type: TensorType, data: torch.Tensor | None = None) -> Value:
-        """Add a parameter; `data` may be None or a meta tensor (a weight without storage)."""
+    def add_param(
+        self,
+        name: str,
+        type: TensorType,
+        data: torch.Tensor | None = None,
+        *,
+        trainable: bool = False,
+    ) -> Value:
+        """Add a parameter; `data` may be None or a meta tensor (a weight without storage).
+
+        `trainable` marks a model weight that training updates (floating point only).
+        """
+        if trainable and not type.is_float:
+            raise IRError(f"parameter %{name}: a {type} cannot be trainable (not floating point)")
         value = Value(self._claim(name), type)
         self.params[name] = value
         if data is not None:
             self.weights[name] = data
+        if trainable:
+            self.trainable.add(name)
         return value
 
     def add_node(
@@ -142,10 +159,11 @@ class Graph:
         node = Node(op, inputs, opdef.complete_attrs(attrs or {}), meta or self._default_meta)
         if types is None:
             types = opdef.infer([v.type for v in inputs], node.attrs)
-        if names is None:
-            names = [self.fresh_name(op) for _ in types]
-        for name, type in zip(names, types, strict=True):
+        for i, type in enumerate(types):
+            name = self.fresh_name(op) if names is None else names[i]
             node.outputs.append(Value(self._claim(name), type, node))
+        if names is not None and len(names) != len(types):
+            raise IRError(f"{op}: {len(names)} names for {len(types)} results")
         for v in inputs:
             v.users.append(node)
         if self._insert_at is None:
@@ -215,6 +233,7 @@ class Graph:
         if value.users or value in self.outputs:
             raise IRError(f"cannot remove parameter %{name}: it is still used")
         self.weights.pop(name, None)
+        self.trainable.discard(name)
         self._names.discard(name)
 
     def rename(self, value: Value, name: str) -> None:
@@ -224,6 +243,9 @@ class Graph:
             self.params[self._claim(name)] = self.params.pop(value.name)
             if value.name in self.weights:
                 self.weights[name] = self.weights.pop(value.name)
+            if value.name in self.trainable:
+                self.trainable.remove(value.name)
+                self.trainable.add(name)
         else:
             self._claim(name)
         value.name = name
@@ -233,6 +255,10 @@ class Graph:
     def op_counts(self) -> dict[str, int]:
         """How many nodes of each op the graph has, sorted by op name."""
         return dict(sorted(Counter(n.op for n in self.nodes).items()))
+
+    def trainable_params(self) -> list[Value]:
+        """The trainable parameters, in declaration order."""
+        return [v for name, v in self.params.items() if name in self.trainable]
 
     def values(self) -> Iterator[Value]:
         """Every value: inputs, parameters, then node outputs in order."""

@@ -140,9 +140,14 @@ def parse(text: str) -> Graph:
         kind, text, line = toks.peek()
         if text == "param":
             toks.next()
+            trainable = toks.accept("trainable")
             name = toks.expect_kind("value")[1:]
             toks.expect(":")
-            claim(graph.add_param(name, _type(toks)))
+            type_ = _type(toks)
+            try:
+                claim(graph.add_param(name, type_, trainable=trainable))
+            except IRError as e:
+                raise IRError(f"line {line}: {e}") from None
         elif text == "return":
             toks.next()
             while toks.peek()[0] == "value":

@@ -1,13 +1,14 @@
 """Text form of a graph: an MLIR-like listing that `cgc.ir.parse` reads back exactly.
 
     graph @gpt(%input_ids: i64[1,128]) {
-      param %transformer.wte.weight: f32[50257,768]
+      param trainable %transformer.wte.weight: f32[50257,768]
       %embedding = embedding(%transformer.wte.weight, %input_ids) : f32[1,128,768] #{scope="wte"}
       return %embedding
     }
 
-Attributes follow the operands in `{...}`; node meta (scope, source line, stage) follows the
-result types in `#{...}`. Meta keys starting with `_` are private to a pass and not printed.
+`trainable` marks the parameters training updates. Attributes follow the operands in `{...}`;
+node meta (scope, source line, stage) follows the result types in `#{...}`. Meta keys starting
+with `_` are private to a pass and not printed.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def print_graph(graph: Graph) -> str:
     """The whole graph as text."""
     args = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
     lines = [f"graph @{graph.name}({args}) {{"]
-    lines += [f"  param %{name}: {v.type}" for name, v in graph.params.items()]
+    lines += [
+        f"  param {'trainable ' if name in graph.trainable else ''}%{name}: {v.type}"
+        for name, v in graph.params.items()
+    ]
     lines += [f"  {format_node(n)}" for n in graph.nodes]
     lines.append("  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
     lines.append("}")

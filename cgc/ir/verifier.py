@@ -10,7 +10,8 @@ from cgc.ir.ops import get_op
 
 
 def verify(graph: Graph) -> None:
-    """Raise IRError naming the first problem: SSA, use-before-def, arity, attrs, types."""
+    """Raise IRError naming the first problem: SSA, use-before-def, arity, attrs, types,
+    trainable parameters."""
     defined: set[int] = set()
     names: set[str] = set()
 
@@ -26,6 +27,11 @@ def verify(graph: Graph) -> None:
         if v.name != name or v.producer is not None:
             raise IRError(f"parameter %{name} is inconsistent with its value %{v.name}")
         define(v, "parameter")
+    for name in sorted(graph.trainable):
+        if name not in graph.params:
+            raise IRError(f"trainable %{name} is not a parameter")
+        if not graph.params[name].type.is_float:
+            raise IRError(f"trainable parameter %{name} is {graph.params[name].type}, not float")
     for node in graph.nodes:
         where = f"{node.op} defining {', '.join('%' + v.name for v in node.outputs)}"
         opdef = get_op(node.op)

@@ -56,7 +56,7 @@ def test_opt_errors_are_one_line_with_exit_code_2(tmp_path, cgc) -> None:
         (["opt", tmp_path / "bad.cgc"], "error: line 4: %t is used before it is defined"),
         (
             ["opt", tmp_path / "g.cgc", "--passes", "fuse-gleu"],
-            "error: unknown pass 'fuse-gleu'; valid passes: canonicalize",
+            "error: unknown pass 'fuse-gleu'; valid passes: autodiff, canonicalize",
         ),
         (
             ["opt", tmp_path / "g.cgc", "--weights", tmp_path / "w.safetensors"],

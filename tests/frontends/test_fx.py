@@ -149,6 +149,17 @@ def randn(*shape: int) -> torch.Tensor:
 # -- exact IR -----------------------------------------------------------------------------------
 
 
+def test_trainable_parameters_are_those_requiring_grad() -> None:
+    """Parameters that require grad are trainable; frozen ones and buffers are not."""
+    block = TinyBlock()
+    block.ln.weight.requires_grad_(False)
+    block.register_buffer("scale", torch.full((8,), 2.0))
+    block.forward = lambda x: block.ln(block.act(block.fc(x))) * block.scale
+    graph = trace(block, (randn(2, 3, 4),))
+    assert graph.trainable == {"fc.weight", "fc.bias", "ln.bias"}
+    assert {"ln.weight", "scale"} <= set(graph.params)
+
+
 def test_tiny_block_ir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(HERE)  # sources print relative to the working directory
     graph = trace(TinyBlock(), (randn(2, 3, 4),))
@@ -157,10 +168,10 @@ def test_tiny_block_ir(monkeypatch: pytest.MonkeyPatch) -> None:
     ln = f'scope="ln", source="test_fx.py:{line_of("tiny-act-ln")}"'
     expected = f"""\
 graph @TinyBlock(%x: f32[2,3,4]) {{
-  param %fc.weight: f32[8,4]
-  param %fc.bias: f32[8]
-  param %ln.weight: f32[8]
-  param %ln.bias: f32[8]
+  param trainable %fc.weight: f32[8,4]
+  param trainable %fc.bias: f32[8]
+  param trainable %ln.weight: f32[8]
+  param trainable %ln.bias: f32[8]
   %linear.transpose = transpose(%fc.weight) {{perm=[1, 0]}} : f32[4,8] #{{{fc}}}
   %linear.matmul = matmul(%x, %linear.transpose) : f32[2,3,8] #{{{fc}}}
   %linear = add(%linear.matmul, %fc.bias) : f32[2,3,8] #{{{fc}}}

@@ -238,6 +238,25 @@ def test_ops_on_weights_are_not_folded(export):
     assert tables == ["model.transformer.wte.weight", "model.transformer.wpe.weight"]
 
 
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_trainable_initializers_are_the_model_weights(export, exporter):
+    """Trainable: the dynamo exporter's PARAMETER initializers, or (TorchScript) every float
+    initializer it did not make itself; the exporter's transposed copy of the tied LM head
+    becomes a transpose of the one weight; masks and folded rows stay fixed."""
+    graph = load_onnx(export("hf", exporter))
+    names = {f"model.{n}" for n, _ in _hf().model.named_parameters()}  # wte once (tied)
+    if exporter == "dynamo":  # its optimizer folded wpe's rows for the static positions
+        names = names - {"model.transformer.wpe.weight", "model.transformer.wte.weight"}
+        names.add("model.lm_head.weight")  # the tied table under the head's name
+    assert graph.trainable == names
+    transposed = [
+        n.inputs[0].name for n in graph.nodes if n.op == "transpose" and not n.inputs[0].producer
+    ]
+    assert transposed == [
+        "model.lm_head.weight" if exporter == "dynamo" else "model.transformer.wte.weight"
+    ]
+
+
 # -- single ops -----------------------------------------------------------------------------------
 
 
@@ -391,8 +410,8 @@ def test_gemm_ir_text(tmp_path):
     src = 'source="fc.onnx:/fc/Gemm"'
     assert str(load_onnx(path)) == (
         "graph @fc(%x: f32[4,2]) {\n"
-        "  param %fc.weight: f32[3,2]\n"
-        "  param %fc.bias: f32[3]\n"
+        "  param trainable %fc.weight: f32[3,2]\n"
+        "  param trainable %fc.bias: f32[3]\n"
         "  %fc_Gemm_output_0.transpose = transpose(%fc.weight) {perm=[1, 0]} : f32[2,3]"
         f' #{{scope="fc", {src}}}\n'
         "  %fc_Gemm_output_0.matmul = matmul(%x, %fc_Gemm_output_0.transpose) : f32[4,3]"

@@ -7,8 +7,8 @@ from cgc.ir import parse, verify
 
 TEXT = """\
 graph @block(%x: f32[2,4,8], %ids: i64[2,4]) {
-  param %wte: f32[16,8]
-  param %w: f32[8]
+  param trainable %wte: f32[16,8]
+  param trainable %w: f32[8]
   param %mask: bool[4,4]
   %emb = embedding(%wte, %ids) : f32[2,4,8] #{scope="transformer.wte", source="m.py:10"}
   %h = add(%x, %emb) : f32[2,4,8]
@@ -29,6 +29,7 @@ def test_round_trip_is_exact() -> None:
     verify(g)
     assert str(g) == TEXT
     assert str(parse(str(g))) == TEXT
+    assert g.trainable == {"wte", "w"} and g.copy().trainable == {"wte", "w"}
 
 
 def test_op_counts_sorted_by_name() -> None:
@@ -67,6 +68,10 @@ def test_copy_is_independent() -> None:
         (
             "graph @g(%x: f32[2], %x: f32[2]) {\n  return %x\n}\n",
             "value %x is defined twice",
+        ),
+        (
+            "graph @g() {\n  param trainable %ids: i64[4]\n  return %ids\n}\n",
+            "line 2: parameter %ids: a i64[4] cannot be trainable (not floating point)",
         ),
     ],
 )

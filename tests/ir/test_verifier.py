@@ -48,3 +48,25 @@ def test_undefined_output_is_reported() -> None:
     del g.params["p"]
     with pytest.raises(IRError, match="graph output %p is not defined"):
         verify(g)
+
+
+def test_trainable_names_must_be_float_parameters() -> None:
+    g = parse(GOOD)
+    g.trainable.add("x")  # a graph input, not a parameter
+    with pytest.raises(IRError, match="trainable %x is not a parameter"):
+        verify(g)
+    g = parse(GOOD)
+    g.add_param("ids", TensorType((2,), "i64"))
+    g.trainable.add("ids")
+    with pytest.raises(IRError, match=r"trainable parameter %ids is i64\[2\], not float"):
+        verify(g)
+
+
+def test_renaming_and_removing_a_trainable_parameter_keep_the_mark() -> None:
+    g = parse(GOOD)
+    w = g.add_param("w", TensorType((2,), "f32"), trainable=True)
+    g.rename(w, "w2")
+    assert g.trainable == {"w2"}
+    g.remove_param("w2")
+    assert g.trainable == set()
+    verify(g)

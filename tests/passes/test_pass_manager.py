@@ -30,6 +30,8 @@ graph @g(%x: f32[4]) {
 
 def test_every_pass_is_registered_with_a_description() -> None:
     assert {name: cls.description() for name, cls in all_passes().items()} == {
+        "autodiff": "Append the backward pass: gradients of the scalar loss w.r.t. the trainable "
+        "parameters.",
         "canonicalize": "Fold constants, drop dead code, merge common subexpressions and no-op "
         "ops, order operands.",
         "fuse-attention": "Fuse scaled dot-product attention (split heads, q·kᵀ, scale, mask, "
@@ -80,7 +82,7 @@ def test_default_expands_to_the_default_pipeline() -> None:
     [
         (
             "canonicalize,fuse-attn",
-            "unknown pass 'fuse-attn'; valid passes: canonicalize, fuse-attention, "
+            "unknown pass 'fuse-attn'; valid passes: autodiff, canonicalize, fuse-attention, "
             "fuse-cross-entropy, fuse-gelu, fuse-layer-norm, fuse-linear, fuse-qkv-attention, "
             "layer-pipeline, weight-streaming",
         ),

@@ -1,6 +1,15 @@
 """The op registry and every op definition (importing this package registers them)."""
 
-from cgc.ir.ops import elementwise, linalg, loss, nn, random, reduce, shape  # noqa: F401
+from cgc.ir.ops import (  # noqa: F401  (registration)
+    backward,
+    elementwise,
+    linalg,
+    loss,
+    nn,
+    random,
+    reduce,
+    shape,
+)
 from cgc.ir.ops.registry import REQUIRED, OpDef, all_ops, get_op, register
 
 __all__ = ["REQUIRED", "OpDef", "all_ops", "get_op", "register"]

@@ -10,6 +10,7 @@ import torch
 from cgc.errors import IRError
 from cgc.ir.ops.infer import same_dtype
 from cgc.ir.ops.registry import register
+from cgc.ir.ops.vjp import swap_last_two, unbroadcast
 from cgc.ir.types import TensorType
 
 
@@ -29,7 +30,22 @@ def matmul_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: M
     return 2 * outs[0].numel * ins[0].shape[-1]
 
 
-@register("matmul", arity=2, infer=_infer_matmul, flops=matmul_flops)
+def _matmul_vjp(g, node, cotangents):
+    """da = dy·bᵀ, db = aᵀ·dy, summed over broadcast batch axes. A batched a times a matrix b
+    (activations times a weight) gets db as one matmul over the flattened rows."""
+    a, b = node.inputs
+    dy = cotangents[0]
+    da = unbroadcast(g, g.call("matmul", dy, swap_last_two(g, b)), a.type)
+    if b.type.rank == 2 and a.type.rank > 2:
+        rows_a = g.call("reshape", a, shape=[a.type.numel // a.shape[-1], a.shape[-1]])
+        rows_dy = g.call("reshape", dy, shape=[dy.type.numel // dy.shape[-1], dy.shape[-1]])
+        db = g.call("matmul", g.call("transpose", rows_a, perm=[1, 0]), rows_dy)
+    else:
+        db = unbroadcast(g, g.call("matmul", swap_last_two(g, a), dy), b.type)
+    return [da, db]
+
+
+@register("matmul", arity=2, infer=_infer_matmul, flops=matmul_flops, vjp=_matmul_vjp)
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Batched matrix product with numpy broadcasting of batch dimensions."""
     return torch.matmul(a, b)

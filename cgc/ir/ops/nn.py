@@ -2,7 +2,8 @@
 
 Fused ops (`linear`, `layer_norm`, `gelu`, `attention`, and `qkv_attention` for backends that
 project and attend in one kernel) carry a decomposition into primitives, so any backend or the
-verifier can fall back to the unfused form.
+verifier can fall back to the unfused form. `attention_lse` is attention as training graphs
+run it. Their VJP rules emit the fused backward ops of `cgc.ir.ops.backward`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from cgc.errors import IRError
 from cgc.ir.ops.infer import float_unary, same_dtype
 from cgc.ir.ops.registry import REQUIRED, register
+from cgc.ir.ops.vjp import replace_forward
 from cgc.ir.types import TensorType
 
 
@@ -27,7 +29,13 @@ def _infer_embedding(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> lis
     return [TensorType(ids.shape + (table.shape[1],), table.dtype)]
 
 
-@register("embedding", arity=2, infer=_infer_embedding)
+def _embedding_vjp(g, node, cotangents):
+    """The table's gradient: each row gets the sum of the cotangents of its lookups."""
+    table, ids = node.inputs
+    return [g.call("embedding_grad", ids, cotangents[0], num_rows=table.shape[0]), None]
+
+
+@register("embedding", arity=2, infer=_infer_embedding, vjp=_embedding_vjp)
 def embedding(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Rows of `table` selected by integer `ids`."""
     return F.embedding(ids, table)
@@ -55,6 +63,21 @@ def _decompose_linear(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
     return [g.call("add", y, ins[2]) if len(ins) == 3 else y]
 
 
+def _linear_vjp(g, node, cotangents):
+    """Two matmuls: dx = dy·W, dW = dyᵀ·x over the rows (tokens) flattened; db = Σ dy."""
+    x, w = node.inputs[0], node.inputs[1]
+    dy = cotangents[0]
+    dx = g.call("matmul", dy, w)
+    rows = x.type.numel // x.shape[-1]
+    if x.type.rank != 2:
+        dy = g.call("reshape", dy, shape=[rows, w.shape[0]])
+        x = g.call("reshape", x, shape=[rows, w.shape[1]])
+    dw = g.call("matmul", g.call("transpose", dy, perm=[1, 0]), x)
+    if len(node.inputs) == 2:
+        return [dx, dw]
+    return [dx, dw, g.call("reduce_sum", dy, axes=[0])]
+
+
 @register(
     "linear",
     arity=(2, 3),
@@ -62,6 +85,7 @@ def _decompose_linear(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
     flops=_linear_flops,
     decompose=_decompose_linear,
     category="fused",
+    vjp=_linear_vjp,
 )
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """x @ wᵀ + b, with the weight stored [out, in] as in torch."""
@@ -98,6 +122,12 @@ def _decompose_layer_norm(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
     return [y]
 
 
+def _layer_norm_vjp(g, node, cotangents):
+    inputs = [cotangents[0], *node.inputs[:2]]
+    grads = g.add_node("layer_norm_grad", inputs, node.attrs).outputs
+    return grads[: len(node.inputs)]
+
+
 @register(
     "layer_norm",
     arity=(1, 3),
@@ -106,6 +136,7 @@ def _decompose_layer_norm(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
     flops=_layer_norm_flops,
     decompose=_decompose_layer_norm,
     category="fused",
+    vjp=_layer_norm_vjp,
 )
 def layer_norm(
     x: torch.Tensor, w: torch.Tensor | None = None, b: torch.Tensor | None = None, *, eps: float
@@ -143,6 +174,10 @@ def _check_gelu(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[Ten
     return float_unary(ins, attrs)
 
 
+def _gelu_vjp(g, node, cotangents):
+    return [g.call("gelu_grad", cotangents[0], node.inputs[0], **node.attrs)]
+
+
 @register(
     "gelu",
     arity=1,
@@ -151,6 +186,7 @@ def _check_gelu(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[Ten
     flops=_gelu_flops,
     decompose=_decompose_gelu,
     category="fused",
+    vjp=_gelu_vjp,
 )
 def gelu(x: torch.Tensor, *, approximate: str) -> torch.Tensor:
     """Gaussian error linear unit, exact (erf) or tanh-approximated."""
@@ -186,44 +222,111 @@ def _attention_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attr
     return 2 * scores * (e // heads) + 2 * scores * (v.shape[-1] // heads) + 5 * scores
 
 
+# The attention family (attention, attention_lse, qkv_attention, attention_grad in backward.py)
+# shares its attributes, how heads are split and how the causal and additive masks make the
+# scores, in torch (reference implementations) and in IR (decompositions): a new masking
+# attribute extends all of them here.
+ATTENTION_ATTRS = {"num_heads": REQUIRED, "causal": False, "scale": REQUIRED}
+
+
+def causal_keep(t: int, s: int) -> torch.Tensor:
+    """Bool [t, s]: which keys each query sees; aligned to the end when s > t (as torch)."""
+    return torch.ones(t, s, dtype=torch.bool).tril(s - t)
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[batch, seq, heads·d] -> [batch, heads, seq, d]."""
+    return x.reshape(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[batch, heads, seq, d] -> [batch, seq, heads·d]."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+def attention_bias(
+    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, *, causal: bool
+) -> torch.Tensor:
+    """The additive bias on the scores: -inf above the causal diagonal, plus `mask`."""
+    t, s = q.shape[1], k.shape[1]
+    bias = torch.zeros(t, s, dtype=q.dtype)
+    if causal:
+        bias = bias.masked_fill(~causal_keep(t, s), float("-inf"))
+    return bias if mask is None else bias + mask
+
+
+def attention_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    num_heads: int,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """scale·q·kᵀ + bias per head: [batch, heads, q_seq, kv_seq]."""
+    scores = split_heads(q, num_heads) @ split_heads(k, num_heads).transpose(-1, -2)
+    return scores * scale + attention_bias(q, k, mask, causal=causal)
+
+
 def _split_heads(g, x, heads: int, *, keys: bool = False):
     b, t, e = x.shape
     x = g.call("reshape", x, shape=[b, t, heads, e // heads])
     return g.call("transpose", x, perm=[0, 2, 3, 1] if keys else [0, 2, 1, 3])
 
 
-def _decompose_attention(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
+def _merge_heads(g, x):
+    b, h, t, d = x.shape
+    return g.call("reshape", g.call("transpose", x, perm=[0, 2, 1, 3]), shape=[b, t, h * d])
+
+
+def decompose_scores(g, ins: Sequence, attrs: Mapping[str, Any]):
+    """The scores of attention operands `ins` (q, k, v[, mask]) in primitives, as
+    `attention_scores` computes them."""
     heads = attrs["num_heads"]
-    q, k, v = ins[:3]
+    q, k = ins[:2]
     scores = g.call("matmul", _split_heads(g, q, heads), _split_heads(g, k, heads, keys=True))
     scores = g.call("mul", scores, g.constant(attrs["scale"], q.dtype))
     if attrs["causal"]:
         t, s = q.shape[1], k.shape[1]
         name = g.fresh_name(f"causal_mask_{t}x{s}")
-        mask = torch.ones(t, s, dtype=torch.bool).tril(s - t)
-        keep = g.add_param(name, TensorType((t, s), "bool"), mask)
+        keep = g.add_param(name, TensorType((t, s), "bool"), causal_keep(t, s))
         scores = g.call("where", keep, scores, g.constant(float("-inf"), q.dtype))
     if len(ins) == 4:
         scores = g.call("add", scores, ins[3])
-    probs = g.call("softmax", scores, axis=-1)
-    if len(ins) == 4 or (attrs["causal"] and q.shape[1] > k.shape[1]):
+    return scores
+
+
+def _can_mask_rows(ins: Sequence, attrs: Mapping[str, Any]) -> bool:
+    """Whether some query may see no key at all (then its weights are zeros, not NaN)."""
+    return len(ins) == 4 or (attrs["causal"] and ins[0].shape[1] > ins[1].shape[1])
+
+
+def _decompose_attention(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
+    probs = g.call("softmax", decompose_scores(g, ins, attrs), axis=-1)
+    q, v = ins[0], ins[2]
+    if _can_mask_rows(ins, attrs):
         # A row of -inf scores has NaN weights; the op gives such a query zero weights.
         nan = g.call("ne", probs, probs)
         probs = g.call("where", nan, g.constant(0.0, q.dtype), probs)
-    out = g.call("matmul", probs, _split_heads(g, v, heads))
-    b, t = q.shape[:2]
-    out = g.call("transpose", out, perm=[0, 2, 1, 3])
-    return [g.call("reshape", out, shape=[b, t, v.shape[-1]])]
+    return [_merge_heads(g, g.call("matmul", probs, _split_heads(g, v, attrs["num_heads"])))]
+
+
+def _attention_vjp(g, node, cotangents):
+    """Swap the forward node for `attention_lse`, whose log-sum-exp lets `attention_grad`
+    recompute the softmax (FlashAttention's backward): no [T, T] tensor is kept."""
+    return _attention_lse_vjp(g, replace_forward(g, node, "attention_lse"), [*cotangents, None])
 
 
 @register(
     "attention",
     arity=(3, 4),
-    attrs={"num_heads": REQUIRED, "causal": False, "scale": REQUIRED},
+    attrs=ATTENTION_ATTRS,
     infer=_infer_attention,
     flops=_attention_flops,
     decompose=_decompose_attention,
     category="fused",
+    vjp=_attention_vjp,
 )
 def attention(
     q: torch.Tensor,
@@ -242,19 +345,89 @@ def attention(
     every key is masked (all scores -inf) outputs zeros, as in torch SDPA and ONNX Attention, so
     padding queries stay finite and cannot spread NaN through masked keys (0·NaN is NaN).
     """
-    b, t, _ = q.shape
-    s = k.shape[1]
+    qh, kh, vh = (split_heads(x, num_heads) for x in (q, k, v))
+    bias = attention_bias(q, k, mask, causal=causal)
+    return merge_heads(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, scale=scale))
 
-    def heads(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(b, x.shape[1], num_heads, -1).transpose(1, 2)
 
-    bias = torch.zeros(t, s, dtype=q.dtype)
-    if causal:
-        bias = bias.masked_fill(~torch.ones(t, s, dtype=torch.bool).tril(s - t), float("-inf"))
-    if mask is not None:
-        bias = bias + mask
-    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=bias, scale=scale)
-    return out.transpose(1, 2).reshape(b, t, -1)
+# -- attention that also returns its log-sum-exp (the training forward) -------------------------
+
+
+def _infer_attention_lse(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+    (y,) = _infer_attention(ins, attrs)
+    q = ins[0]
+    return [y, q.with_shape((q.shape[0], attrs["num_heads"], q.shape[1]))]
+
+
+def _decompose_attention_lse(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
+    scores = decompose_scores(g, ins, attrs)
+    q, v = ins[0], ins[2]
+    top = g.call("reduce_max", scores, axes=[-1], keepdim=True)
+    ninf = g.constant(float("-inf"), q.dtype)
+    # A fully masked row has max -inf; shift it by 0 so exp gives zeros, not NaN.
+    top = g.call("where", g.call("eq", top, ninf), g.constant(0.0, q.dtype), top)
+    exp = g.call("exp", g.call("sub", scores, top))
+    total = g.call("reduce_sum", exp, axes=[-1], keepdim=True)
+    lse = g.call("add", top, g.call("log", total))
+    lse = g.call(
+        "where",
+        g.call("eq", total, g.constant(0.0, q.dtype)),
+        g.constant(float("inf"), q.dtype),
+        lse,
+    )
+    probs = g.call("exp", g.call("sub", scores, lse))
+    out = _merge_heads(g, g.call("matmul", probs, _split_heads(g, v, attrs["num_heads"])))
+    b, h, t = q.shape[0], attrs["num_heads"], q.shape[1]
+    return [out, g.call("reshape", lse, shape=[b, h, t])]
+
+
+def _attention_lse_vjp(g, node, cotangents):
+    dy, dlse = cotangents
+    if dlse is not None or dy is None:
+        raise IRError(
+            "attention_lse: the log-sum-exp output is a residual for the backward pass; a loss"
+            " that depends on it cannot be differentiated"
+        )
+    y, lse = node.outputs
+    grads = g.add_node(
+        "attention_grad", [dy, *node.inputs[:3], y, lse, *node.inputs[3:]], node.attrs
+    )
+    # The mask operand is not trained: the pass refuses a mask that depends on a weight.
+    return [*grads.outputs, *([None] * (len(node.inputs) - 3))]
+
+
+@register(
+    "attention_lse",
+    arity=(3, 4),
+    attrs=ATTENTION_ATTRS,
+    infer=_infer_attention_lse,
+    flops=_attention_flops,
+    decompose=_decompose_attention_lse,
+    num_outputs=2,
+    category="fused",
+    vjp=_attention_lse_vjp,
+)
+def attention_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    num_heads: int,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attention`, and the log-sum-exp of each query's scores, [batch, heads, q_seq].
+
+    The autodiff pass puts it in place of `attention` in training graphs: the backward
+    (`attention_grad`) recomputes the weights as exp(scores - lse), as FlashAttention does, so
+    only this [batch, heads, seq] vector is kept between forward and backward. A query with
+    every key masked has lse = +inf, so the recomputed weights are its zeros.
+    """
+    attrs = {"num_heads": num_heads, "causal": causal, "scale": scale}
+    lse = torch.logsumexp(attention_scores(q, k, mask, **attrs), dim=-1)
+    lse = lse.masked_fill(lse == float("-inf"), float("inf"))
+    return attention(q, k, v, mask, **attrs), lse
 
 
 # -- attention with its packed input projection -------------------------------------------------
@@ -285,14 +458,27 @@ def _decompose_qkv_attention(g, ins: Sequence, attrs: Mapping[str, Any]) -> list
     return _decompose_attention(g, [q, k, v], attrs)
 
 
+def _qkv_attention_vjp(g, node, cotangents):
+    """Split the node into `linear`, three slices and `attention_lse` in the forward, then chain
+    their VJPs: the fused kernel does not output q, k, v, which the backward needs anyway."""
+    with g.inserting_before(node, node.meta):
+        qkv = g.call("linear", *node.inputs)
+        e = qkv.shape[-1] // 3
+        thirds = [g.call("slice", qkv, axis=2, start=i * e, end=(i + 1) * e) for i in range(3)]
+    forward = replace_forward(g, node, "attention_lse", thirds)
+    dq, dk, dv = _attention_lse_vjp(g, forward, [*cotangents, None])
+    return _linear_vjp(g, qkv.producer, [g.call("concat", dq, dk, dv, axis=2)])
+
+
 @register(
     "qkv_attention",
     arity=(2, 3),
-    attrs={"num_heads": REQUIRED, "causal": False, "scale": REQUIRED},
+    attrs=ATTENTION_ATTRS,
     infer=_infer_qkv_attention,
     flops=_qkv_attention_flops,
     decompose=_decompose_qkv_attention,
     category="fused",
+    vjp=_qkv_attention_vjp,
 )
 def qkv_attention(
     x: torch.Tensor,

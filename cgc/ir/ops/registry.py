@@ -24,11 +24,18 @@ FlopsFn = Callable[[Sequence[TensorType], Sequence[TensorType], Mapping[str, Any
 # node's inputs and attrs, and returns the values replacing the node's outputs.
 DecomposeFn = Callable[[Any, Sequence[Any], Mapping[str, Any]], list[Any]]
 # A vector-Jacobian product rule (reverse-mode autodiff, see cgc.passes.autodiff) receives the
-# graph (its insertion point set where the backward pass is being built), the forward node (its
-# inputs and outputs are live values of that graph), and the cotangent of each output (None
-# where an output does not reach the loss); it returns the cotangent of each input, None where an
-# input gets no gradient (integer operands, masks). Ops with no gradient at all (comparisons,
-# integer arithmetic, constants) register `differentiable=False` instead.
+# graph (its insertion point set where the backward pass is being built, new nodes inheriting
+# the forward node's meta), the forward node (its inputs and outputs are live values of that
+# graph), and the cotangent of each output (None where an output does not reach the loss); it
+# returns the cotangent of each input, None where an input gets no gradient (integer operands,
+# masks). A cotangent has exactly its operand's type: a rule sums broadcasting back
+# (cgc.ir.ops.vjp.unbroadcast). A rule may return cotangents nobody needs (the pass erases dead
+# nodes), but the pass refuses a None for an operand that depends on the parameters being
+# differentiated. A rule whose backward needs a residual the op does not output may swap its
+# forward node for one that does (cgc.ir.ops.vjp.replace_forward; `attention` becomes
+# `attention_lse`). Ops with no gradient at all (comparisons, logical ops, constants, backward
+# ops) register `differentiable=False` instead; tests/ir/test_vjp.py checks every rule against
+# torch.autograd and fails for an op with neither.
 VjpFn = Callable[[Any, Any, Sequence[Any]], list[Any]]
 
 

@@ -8,7 +8,7 @@ import torch
 
 from cgc.backends.onnxruntime import LOWERINGS, build_model
 from cgc.errors import UnsupportedOpError
-from cgc.ir import Graph, all_ops, interpret, parse
+from cgc.ir import Graph, all_ops, interpret, parse, verify
 
 # case name ("op" or "op:variant") -> (graph signature, body computing %y)
 CASES: dict[str, tuple[str, str]] = {
@@ -165,6 +165,71 @@ CASES: dict[str, tuple[str, str]] = {
         "%x: f32[4,8], %s: i64[]",
         "%y = dropout(%x, %s) {p=0.5, stream=0} : f32[4,8]",
     ),
+    # training: the forward attention keeps its log-sum-exp; backward ops; pad
+    "pad": ("%x: f32[2,3]", "%y = pad(%x) {after=1, axis=1, before=2, interior=0} : f32[2,6]"),
+    "pad:interior": (  # a stride-3 slice's cotangent: 2 zeros between elements
+        "%x: f32[3,2]",
+        "%y = pad(%x) {after=1, axis=0, before=1, interior=2} : f32[9,2]",
+    ),
+    "embedding_grad": (
+        "%i: i64[2,3], %d: f32[2,3,4]",
+        "%y = embedding_grad(%i, %d) {num_rows=7} : f32[7,4]",
+    ),
+    "embedding_grad:i32_acc": (
+        "%i: i32[5], %d: f32[5,4], %a: f32[7,4]",
+        "%y = embedding_grad(%i, %d, %a) {num_rows=7} : f32[7,4]",
+    ),
+    "attention_lse": (
+        "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12]",
+        "%y, %y1 = attention_lse(%q, %k, %v) {causal=true, num_heads=3, scale=0.5}"
+        " : f32[2,5,12], f32[2,3,5]",
+    ),
+    "attention_lse:mask": (
+        "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12], %m: f32[2,1,1,5]",
+        "%y, %y1 = attention_lse(%q, %k, %v, %m) {causal=false, num_heads=3, scale=0.5}"
+        " : f32[2,5,12], f32[2,3,5]",
+    ),
+    "attention_lse:queries_without_keys": (  # causal, 5 queries on 3 keys: 2 see no key
+        "%q: f32[1,5,12], %k: f32[1,3,12], %v: f32[1,3,12]",
+        "%y, %y1 = attention_lse(%q, %k, %v) {causal=true, num_heads=3, scale=0.5}"
+        " : f32[1,5,12], f32[1,3,5]",
+    ),
+    "attention_grad": (
+        "%d: f32[2,5,6], %q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,6], %o: f32[2,5,6],"
+        " %l: f32[2,3,5]",
+        "%y, %y1, %y2 = attention_grad(%d, %q, %k, %v, %o, %l)"
+        " {causal=true, num_heads=3, scale=0.5} : f32[2,5,12], f32[2,5,12], f32[2,5,6]",
+    ),
+    "attention_grad:mask": (
+        "%d: f32[2,5,12], %q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12], %o: f32[2,5,12],"
+        " %l: f32[2,3,5], %m: f32[2,3,5,5]",
+        "%y, %y1, %y2 = attention_grad(%d, %q, %k, %v, %o, %l, %m)"
+        " {causal=false, num_heads=3, scale=0.5} : f32[2,5,12], f32[2,5,12], f32[2,5,12]",
+    ),
+    "attention_grad:queries_without_keys": (  # the log-sum-exp of attention_lse: +inf rows
+        "%d: f32[1,5,12], %q: f32[1,5,12], %k: f32[1,3,12], %v: f32[1,3,12]",
+        "%o, %l = attention_lse(%q, %k, %v) {causal=true, num_heads=3, scale=0.5}"
+        " : f32[1,5,12], f32[1,3,5]\n"
+        "%y, %y1, %y2 = attention_grad(%d, %q, %k, %v, %o, %l)"
+        " {causal=true, num_heads=3, scale=0.5} : f32[1,5,12], f32[1,3,12], f32[1,3,12]",
+    ),
+    "layer_norm_grad": (
+        "%d: f32[2,3,8], %x: f32[2,3,8]",
+        "param %w: f32[8]\n%y, %y1, %y2 = layer_norm_grad(%d, %x, %w) {eps=1e-05}"
+        " : f32[2,3,8], f32[8], f32[8]",
+    ),
+    "layer_norm_grad:no_gain": (
+        "%d: f32[6,8], %x: f32[6,8]",
+        "%y, %y1, %y2 = layer_norm_grad(%d, %x) {eps=0.001} : f32[6,8], f32[8], f32[8]",
+    ),
+    "gelu_grad": (
+        "%d: f32[2,3], %x: f32[2,3]",
+        '%y = gelu_grad(%d, %x) {approximate="none"} : f32[2,3]',
+    ),
+    "gelu_grad:tanh": (
+        "%d: f32[2,3], %x: f32[2,3]",
+        '%y = gelu_grad(%d, %x) {approximate="tanh"} : f32[2,3]',
+    ),
 }
 
 POSITIVE = {"log", "sqrt", "rsqrt", "reciprocal", "div", "pow"}  # keep inputs in the domain
@@ -174,9 +239,13 @@ PRIMITIVE_TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def _graph(case: str) -> Graph:
+    """The case's graph; it returns every output of its last node (%y, %y1, ...)."""
     signature, body = CASES[case]
     lines = "\n".join(f"  {line}" for line in body.splitlines())
-    return parse(f"graph @t({signature}) {{\n{lines}\n  return %y\n}}\n")
+    outputs = body.splitlines()[-1].split(" = ")[0]
+    g = parse(f"graph @t({signature}) {{\n{lines}\n  return {outputs}\n}}\n")
+    verify(g)
+    return g
 
 
 def _inputs(g: Graph, case: str, random_tensor) -> list[torch.Tensor]:
@@ -206,8 +275,8 @@ def test_op_matches_interpreter(
 ) -> None:
     g = with_weights(_graph(case))
     inputs = _inputs(g, case, random_tensor)
-    (want,) = interpret(g, *inputs)
-    (got,) = run_ort(g, *inputs, reference=reference)
+    want = interpret(g, *inputs)
+    got = run_ort(g, *inputs, reference=reference)
     op = case.split(":")[0]
     fused = all_ops()[op].category == "fused"
     torch.testing.assert_close(got, want, **(FUSED_TOLERANCE if fused else PRIMITIVE_TOLERANCE))
@@ -237,6 +306,44 @@ def _op_types(g: Graph) -> list[str]:
 )
 def test_fused_ops_lower_to_single_kernels(case: str, op_types: list[str]) -> None:
     assert _op_types(_graph(case)) == op_types
+
+
+@pytest.mark.parametrize(
+    ("case", "op_types"),
+    [
+        ("pad:interior", ["Unsqueeze", "Pad", "Reshape", "Pad"]),
+        ("embedding_grad", ["ConstantOfShape", "Unsqueeze", "ScatterND"]),
+        ("embedding_grad:i32_acc", ["Cast", "Unsqueeze", "ScatterND"]),  # into the accumulator
+        (
+            "layer_norm_grad",
+            ["LayerNormalization", "Mul", "ReduceMean", "Mul", "ReduceMean", "Sub", "Mul"]
+            + ["Sub", "Mul", "Mul", "ReduceSum", "ReduceSum"],
+        ),
+    ],
+)
+def test_training_ops_lower_to(case: str, op_types: list[str]) -> None:
+    assert _op_types(_graph(case)) == op_types
+
+
+def test_attention_grad_recomputes_the_weights_with_five_products() -> None:
+    """Scores, dV, dP, dQ, dK: FusedMatMul transposes operands and scales in the kernel, so no
+    [T, T] tensor is transposed or scaled, and nothing is computed in double."""
+    model = build_model(_graph("attention_grad"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("FusedMatMul") == 5 and "MatMul" not in ops and "Cast" not in ops
+    products = [n for n in model.graph.node if n.op_type == "FusedMatMul"]
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in products]
+    assert attrs == [
+        {"transB": 1, "alpha": 0.5},  # scores = s·q·kᵀ
+        {"transA": 1},  # dV = Pᵀ·dY
+        {"transB": 1},  # dP = dY·Vᵀ
+        {"alpha": 0.5},  # dQ = s·dS·K
+        {"transA": 1, "alpha": 0.5},  # dK = s·dSᵀ·Q
+    ]
+    # only head splits (q, k, dY, V, Y) and merges (dQ, dK, dV) move data
+    transposes = [n for n in model.graph.node if n.op_type == "Transpose"]
+    assert len(transposes) == 8
+    assert all(list(n.attribute[0].ints) == [0, 2, 1, 3] for n in transposes)
 
 
 @pytest.mark.parametrize("fill", [-math.inf, torch.finfo(torch.float32).min])
