@@ -44,9 +44,9 @@ from typing import Any
 import torch
 
 from cgc.errors import InputError
-from cgc.ir import Graph, Node, TensorType, Value, get_op
+from cgc.ir import Graph, Node, TensorType, Value
 from cgc.passes.canonicalize import Canonicalize
-from cgc.passes.constants import constant_data, is_known
+from cgc.passes.constants import constant_data
 from cgc.passes.manager import Pass, PassContext, PassResult
 from cgc.passes.registry import register_pass
 
@@ -196,7 +196,11 @@ class _Rebuild:
         data = constant_data(self.src, v) if v.type.numel <= self.capacity else None
         arange = torch.arange(self.capacity, dtype=v.type.torch_dtype)
         if v.type.rank == 1 and data is not None and torch.equal(data, arange):
-            return self.positions if v.dtype == "i64" else self.g.call("cast", self.positions, dtype=v.dtype)
+            return (
+                self.positions
+                if v.dtype == "i64"
+                else self.g.call("cast", self.positions, dtype=v.dtype)
+            )
         if node is not None and node.op == "constant":
             attrs = dict(node.attrs, shape=_resized(v.shape, pos, self.tokens))
             return self.g.add_node("constant", [], attrs, node.meta).output
@@ -330,7 +334,9 @@ class _Rebuild:
         elif node.op in REDUCTIONS:
             rule = _reduction
         if rule is None:
-            raise _refuse(node, "acts on positions in a way the pass does not know to be per position")
+            raise _refuse(
+                node, "acts on positions in a way the pass does not know to be per position"
+            )
         out_infos, ins = rule(self, node, infos)
         if ins is None:  # the rule built the outputs itself
             outs = [self.new[id(v)] for v in node.outputs]
@@ -359,13 +365,19 @@ def _only_pos(node: Node, infos: list[Info]) -> Pos:
     return pos[0]
 
 
-def _elementwise(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], list[Value] | None]:
+def _elementwise(
+    r: _Rebuild, node: Node, infos: list[Info]
+) -> tuple[list[Info], list[Value] | None]:
     out = node.output
     if LAST in infos:
         if any(isinstance(i, Pos) for i in infos):
             raise _refuse(node, "combines the last position with all positions")
         return [LAST], [r.value(i) for i in node.inputs]
-    aligned = {_aligned(p, v.type.rank, out.type.rank) for p, v in zip(infos, node.inputs, strict=True) if isinstance(p, Pos)}
+    aligned = {
+        _aligned(p, v.type.rank, out.type.rank)
+        for p, v in zip(infos, node.inputs, strict=True)
+        if isinstance(p, Pos)
+    }
     if len(aligned) != 1:
         raise _refuse(node, "combines values whose positions lie on different axes")
     (pos,) = aligned
@@ -393,7 +405,9 @@ def _reduction(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], 
     return [Pos(axis, info.outer, info.inner)], [r.value(node.inputs[0])]
 
 
-def _feature_axis(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], list[Value] | None]:
+def _feature_axis(
+    r: _Rebuild, node: Node, infos: list[Info]
+) -> tuple[list[Info], list[Value] | None]:
     """Ops on the last (feature) axis with known parameters: layer norm, linear."""
     x = node.inputs[0]
     if any(i != KNOWN for i in infos[1:]):

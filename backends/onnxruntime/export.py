@@ -10,14 +10,13 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 
-import torch
-
 import onnx
+import torch
 from onnx import TensorProto, helper
 
 from cgc.backends.onnxruntime.lowering import ONNX_DTYPES, Emitter, raw_bytes, tensor_proto
@@ -169,7 +168,9 @@ def _write_external(
     return protos, digest.hexdigest()
 
 
-def to_onnx_models(graphs: Mapping[str, Graph], folder: str | Path, data_file: str) -> dict[str, str]:
+def to_onnx_models(
+    graphs: Mapping[str, Graph], folder: str | Path, data_file: str
+) -> dict[str, str]:
     """Write several graphs (file name -> graph) as ONNX models into `folder` with one shared
     external-data file: a weight several graphs hold (same name, same tensor) is stored once.
 

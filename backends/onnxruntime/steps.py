@@ -51,9 +51,7 @@ class _BoundSession:
             self.binding.bind_ortvalue_output(o.name, cache)
 
     def _bind_input(self, name: str, array: np.ndarray) -> None:
-        self.binding.bind_input(
-            name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data
-        )
+        self.binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
 
     def run(self, ids: torch.Tensor, past: int) -> torch.Tensor:
         """Logits of the last new token; the caches are updated in place."""
