@@ -369,6 +369,114 @@ def check_cmd(
     return 0 if report.ok else EXIT_MISMATCH
 
 
+@main.command(
+    "generate",
+    help="Generate text from MODEL (see cgc compile) or a `cgc compile --generate` ARTIFACT "
+    "folder, through the kv-cache step graphs. Tokens print as they are produced; the end "
+    "gives prompt tokens, new tokens, prefill ms and decode tokens/s.",
+)
+@click.argument("model")
+@click.option("--prompt", help="The prompt text.")
+@click.option(
+    "--batch-prompts",
+    type=click.Path(path_type=Path),
+    help="A file with one prompt per line, generated as one batch.",
+)
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, callback=_positive)
+@click.option(
+    "--temperature", type=float, default=0.0, show_default=True, help="0 is greedy (argmax)."
+)
+@click.option("--top-k", type=int, help="Sample from the K most likely tokens.")
+@click.option(
+    "--top-p", type=float, help="Sample from the most likely tokens holding P of the mass."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling (and weight) seed.")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "interpreter", "cerebras"]),
+    default="onnxruntime",
+    show_default=True,
+)
+@click.option(
+    "--max-len",
+    type=int,
+    callback=_positive,
+    help="Cache capacity C in tokens [prompt + new tokens - 1].",
+)
+@click.option(
+    "--stream/--no-stream", default=True, show_default=True, help="Print tokens as produced."
+)
+@_common
+def generate_cmd(
+    console: Console,
+    model: str,
+    prompt: str | None,
+    batch_prompts: Path | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+    backend: str,
+    max_len: int | None,
+    stream: bool,
+) -> int:
+    from cgc.generation import Sampler
+    from cgc.generation.session import open_generator
+
+    if (prompt is None) == (batch_prompts is None):
+        raise InputError("give --prompt TEXT or --batch-prompts FILE (one of them)")
+    if batch_prompts is not None:
+        try:
+            texts = [line for line in batch_prompts.read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise InputError(f"{batch_prompts}: cannot read it ({e.strerror})") from None
+        if not texts:
+            raise InputError(f"{batch_prompts}: no prompts (one per line)")
+    else:
+        texts = [prompt]
+    sampler = Sampler(temperature, top_k, top_p, seed)
+    generator, prompts = open_generator(
+        model,
+        texts,
+        max_new_tokens=max_new_tokens,
+        backend=backend,
+        capacity=max_len,
+        seed=seed,
+        progress=console.step,
+    )
+    tokenizer = generator.tokenizer
+    streaming = stream and len(prompts) == 1 and not console.quiet
+    produced: list[int] = []
+    shown = [0, 0]  # characters printed, tokens not yet printed
+
+    def on_token(row: int, token: int) -> None:
+        produced.append(token)
+        text = tokenizer.decode(produced)
+        # Hold back a few tokens that may be the start of a multi-byte character.
+        if text.endswith("\ufffd") and shown[1] < 3:
+            shown[1] += 1
+            return
+        click.echo(text[shown[0] :], nl=False)
+        shown[:] = [len(text), 0]
+
+    if streaming:
+        click.echo(texts[0], nl=False)
+    result = generator.run(prompts, max_new_tokens, sampler, on_token if streaming else None)
+    if streaming:
+        click.echo(tokenizer.decode(result.tokens[0])[shown[0] :])
+    else:
+        for text, tokens in zip(texts, result.tokens, strict=True):
+            console.result(text + tokenizer.decode(tokens))
+    new = sum(map(len, result.tokens))
+    console.step(
+        f"prompt tokens {sum(map(len, prompts))}, new tokens {new}, "
+        f"prefill {result.prefill_seconds * 1e3:.1f} ms, "
+        f"decode {result.decode_tokens_per_second:.1f} tokens/s ({backend})"
+    )
+    return 0
+
+
 @main.command("opt")
 @click.argument("file")
 @click.option("--passes", "pipeline", default="", help="Pass pipeline [none: print the IR].")
