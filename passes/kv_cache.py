@@ -165,7 +165,7 @@ class _Rebuild:
         if self._positions is None:
             steps = torch.arange(self.tokens)
             offsets = self.g.add_param(
-                self.g.fresh_name("positions.offsets"), TensorType((self.tokens,), "i64"), steps
+                self.g.fresh_name(f"arange.{self.tokens}"), TensorType((self.tokens,), "i64"), steps
             )
             self._positions = self.g.call("add", self.past, offsets)
         return self._positions
@@ -502,8 +502,8 @@ def _embedding(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], 
         and data is not None
         and bool((data == r.capacity - 1).all())
     ):
-        last = torch.full(tuple(ids.shape), r.tokens - 1, dtype=ids.type.torch_dtype)
-        new_ids = r.g.add_param(r.g.fresh_name(f"{ids.name}.last"), ids.type, last)
+        attrs = {"value": r.tokens - 1, "dtype": ids.dtype, "shape": list(ids.shape)}
+        new_ids = r.g.add_node("constant", [], attrs, node.meta).output
         return [LAST], [r.value(table), new_ids]
     raise _refuse(node, "gathers positions other than the last")
 

@@ -767,10 +767,14 @@ def _cached_attention(e: Emitter, node: Node) -> None:
     seqlens_k is the index of each sequence's last token (past + T - 1, int32) and
     total_sequence_length the longest such length. ONNX Attention-23 and MultiHeadAttention
     instead return a present cache grown by T, a copy of the whole cache every step.
-    ORT's CPU kernel takes T > 1 new tokens only from an empty cache (prefill) or for batch 1.
+    ORT's CPU kernel takes T > 1 new tokens only from an empty cache (prefill) or for batch 1,
+    and head sizes that are multiples of 8; other head sizes take _cached_attention_scatter.
     """
     q, k, v, k_cache, v_cache, past = node.inputs
     t = q.shape[1]
+    if k_cache.shape[-1] % 8:
+        _cached_attention_scatter(e, node)
+        return
     last = e.op("Add", [past.name, e.ints([t - 1], "last")])
     seqlens = e.op("Cast", [last], to=TensorProto.INT32)
     total = e.op("Add", [e.op("ReduceMax", [last], keepdims=0), e.ints([1], "one")])
@@ -784,3 +788,35 @@ def _cached_attention(e: Emitter, node: Node) -> None:
         kv_num_heads=node.attrs["num_heads"],
         scale=float(node.attrs["scale"]),
     )
+
+
+def _cached_attention_scatter(e: Emitter, node: Node) -> None:
+    """cached_attention in standard ops: ScatterElements writes the new keys and values into
+    the caches (in place when their buffers are bound as input and output: ORT skips copying a
+    tensor onto itself), then Attention-23 attends to the whole cache under a [B, 1, T, C]
+    mask of the slots each query sees."""
+    q, k, v, k_cache, v_cache, past = node.inputs
+    b, t, width = q.shape
+    heads, capacity, d = k_cache.shape[1:]
+    out, k_next, v_next = _names(node.outputs)
+
+    def split(x: str) -> str:  # [B, T, H·D] -> [B, H, T, D]
+        x = e.op("Reshape", [x, e.ints([b, t, heads, d], "heads")], allowzero=1)
+        return e.op("Transpose", [x], perm=[0, 2, 1, 3])
+
+    steps = e.tensor(torch.arange(t).reshape(1, 1, t, 1), "steps")
+    slot = e.op("Add", [e.op("Reshape", [past.name, e.ints([b, 1, 1, 1], "past")]), steps])
+    index = e.op("Expand", [slot, e.ints([b, heads, t, d], "index_shape")])
+    for new, cache, name in ((k, k_cache, k_next), (v, v_cache, v_next)):
+        e.op("ScatterElements", [cache.name, index, split(new.name)], name, axis=2)
+    slots = e.tensor(torch.arange(capacity).reshape(1, 1, 1, capacity), "slots")
+    mask = e.op("LessOrEqual", [slots, slot])
+    y = e.op(
+        "Attention",
+        [split(q.name), k_next, v_next, mask],
+        q_num_heads=heads,
+        kv_num_heads=heads,
+        scale=float(node.attrs["scale"]),
+    )
+    y = e.op("Transpose", [y], perm=[0, 2, 1, 3])
+    e.op("Reshape", [y, e.ints([b, t, width], "shape")], out, allowzero=1)
