@@ -255,8 +255,8 @@ class _Rebuild:
         attrs = dict(node.attrs)
         if node.op in ("reshape", "expand", "constant") and 0 in out_pos:
             attrs["shape"] = _resized(node.output.shape, out_pos[0], self.tokens)
-        new = self.g.add_node(node.op, ins, attrs, node.meta)
-        return new.outputs
+        names = [self.g.fresh_name(v.name) for v in node.outputs]
+        return self.g.add_node(node.op, ins, attrs, node.meta, names=names).outputs
 
     def run(self) -> Graph:
         """Every node of the source graph, then the outputs; the new graph."""
@@ -283,6 +283,8 @@ class _Rebuild:
             raise InputError(
                 f"kv-cache: the output %{out.name} {out.type} is not logits along the positions"
             )
+        if self.tokens == 1:  # the one row is the last
+            return self.new[id(out)]
         self.g.outputs = [self._cut(self.new[id(out)])]
         while any(self._sink(cut) for cut in list(self.cuts)):
             pass
@@ -291,7 +293,9 @@ class _Rebuild:
     def _cut(self, v: Value) -> Value:
         """v at its last row (v carries the new positions)."""
         pos = self.rows[id(v)]
-        last = self.g.call("slice", v, axis=pos.axis, start=self.tokens - 1, end=self.tokens)
+        attrs = {"axis": pos.axis, "start": self.tokens - 1, "end": self.tokens}
+        name = self.g.fresh_name(f"{v.name}.last")
+        last = self.g.add_node("slice", [v], attrs, names=[name]).output
         self.cuts.append(last.producer)
         self.rows[id(last)] = pos
         return last
@@ -324,6 +328,8 @@ class _Rebuild:
             self.g.erase_node(c)
             self.cuts.remove(c)
         self.g.erase_node(node)
+        if new not in self.g.outputs:  # an output keeps its name
+            self.g.rename(new, self.g.fresh_name(f"{v.name}.last"))
         return True
 
     def node(self, node: Node) -> None:
