@@ -50,7 +50,7 @@ graph @gpt_decode(%ids: i64[2,1], %past_length: i64[1], %k_cache.0: f32[2,2,8,4]
   %logits = linear(%h, %w_out) : f32[2,1,16]
   return %logits, %k_cache.0.next, %v_cache.0.next
 }
-"""
+"""  # noqa: E501
 
 
 def source():
