@@ -139,9 +139,8 @@ def main() -> None:
 )
 @click.option(
     "--backend",
-    default="cerebras",
-    show_default=True,
-    help="Target backend: cerebras (a simulated wafer) or onnxruntime.",
+    help="Target backend: cerebras (a simulated wafer) or onnxruntime [cerebras; onnxruntime "
+    "with --generate].",
 )
 @click.option("--target", help="Wafer for --backend cerebras: wse2, wse3 or fabric:WxH [wse2].")
 @click.option(
@@ -161,6 +160,18 @@ def main() -> None:
 @_seed
 @_input_shape
 @click.option("--print-ir", is_flag=True, help="Print the IR after the passes.")
+@click.option(
+    "--generate",
+    is_flag=True,
+    help="Write a generation artifact instead: the kv-cache prefill (--seq-len tokens [32]) and "
+    "decode graphs for `cgc generate ARTIFACT`.",
+)
+@click.option(
+    "--max-len",
+    type=int,
+    callback=_positive,
+    help="With --generate: cache capacity in tokens [the model's context, at most 256].",
+)
 @debug_flags
 @_common
 def compile_cmd(
@@ -177,11 +188,28 @@ def compile_cmd(
     seed: int,
     input_shape: tuple[str, ...],
     print_ir: bool,
+    generate: bool,
+    max_len: int | None,
     debug_options: DebugOptions,
 ) -> int:
     from cgc import driver
     from cgc.debug.instrumented import run_instrumented
 
+    if generate:
+        return _compile_generation(
+            console,
+            model,
+            output,
+            backend or "onnxruntime",
+            pipeline,
+            batch,
+            seq_len,
+            max_len,
+            seed,
+        )
+    if max_len is not None:
+        raise InputError("--max-len applies to --generate")
+    backend = backend or "cerebras"
     start = time.perf_counter()
     backend_module = driver.get_backend(backend)  # a bad name fails before the long steps
     wafer = {"target": target, "mode": mode, "precision": precision}
@@ -224,6 +252,56 @@ def compile_cmd(
     )
     if summary := artifact.summary():
         console.result(summary)
+    return 0
+
+
+def _compile_generation(
+    console: Console,
+    model: str,
+    output: Path | None,
+    backend: str,
+    pipeline: str,
+    batch: int | None,
+    seq_len: int | None,
+    max_len: int | None,
+    seed: int,
+) -> int:
+    """`cgc compile --generate`: the step graphs of MODEL as a generation artifact."""
+    from cgc import driver
+    from cgc.generation import context_length, step_program, trace_step_graphs
+    from cgc.generation.artifact import GenerationArtifact
+    from cgc.generation.session import model_tokenizer
+
+    if backend != "onnxruntime":
+        step_program(backend, None, None)  # cerebras: not available yet; else unknown
+    if driver.is_onnx(model):
+        raise InputError("--generate traces a PyTorch model; an .onnx file cannot be used")
+    loaded = driver.load_model(model, seed=seed)
+    context = context_length(loaded.module, loaded.example_inputs)
+    capacity = max_len or min(context, 256)
+    if capacity > context:
+        raise InputError(f"--max-len {capacity} exceeds the model's context of {context}")
+    prompt_tokens = seq_len or min(32, capacity)
+    if prompt_tokens > capacity:
+        raise InputError(f"--seq-len {prompt_tokens} exceeds the cache capacity {capacity}")
+    console.step(f"tracing {loaded.name} at {capacity} positions and deriving the step graphs ...")
+    graphs = trace_step_graphs(
+        loaded.module,
+        batch=batch or 1,
+        capacity=capacity,
+        prompt_tokens=prompt_tokens,
+        pipeline=pipeline,
+    )
+    info = {"model": loaded.name, "pipeline": pipeline, "weights": loaded.weights}
+    artifact = GenerationArtifact(graphs, model_tokenizer(model), info)
+    folder = output or Path("out") / f"{loaded.name}-generate"
+    console.step(f"writing {folder} ...")
+    artifact.save(folder, progress=console.detail)
+    ops = ", ".join(f"{op} {n}" for op, n in graphs.decode.op_counts().items())
+    console.result(
+        f"{loaded.name}: {loaded.num_parameters():,} parameters, weights {loaded.weights}\n"
+        f"decode ops: {ops}\n{artifact.summary()}\nartifact: {folder} (onnxruntime)"
+    )
     return 0
 
 
@@ -302,6 +380,16 @@ def run_cmd(
     help="Arithmetic precision of the cerebras backend (fp32 accumulation) [fp32].",
 )
 @click.option(
+    "--generate",
+    "generate_tokens",
+    type=int,
+    callback=_positive,
+    metavar="N",
+    help="Check greedy generation of N tokens instead: tokens and every step's logits against "
+    "eager PyTorch recomputing the full sequence. The prompt is the example input (for "
+    "built-in models and checkpoints --batch x --seq-len, [32] tokens).",
+)
+@click.option(
     "--json", "json_file", type=click.Path(path_type=Path), help="Also write the report as JSON."
 )
 @click.option(
@@ -326,10 +414,15 @@ def check_cmd(
     precision: str | None,
     json_file: Path | None,
     junit_file: Path | None,
+    generate_tokens: int | None,
 ) -> int:
     from cgc.check import check_model
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
+    if generate_tokens is not None:
+        return _check_generation(
+            console, model, names, generate_tokens, rtol, atol, pipeline, batch, seq_len, seed
+        )
     wafer = {k: v for k, v in {"target": target, "precision": precision}.items() if v}
     if wafer and "cerebras" not in names:
         raise InputError(
@@ -475,6 +568,50 @@ def generate_cmd(
         f"decode {result.decode_tokens_per_second:.1f} tokens/s ({backend})"
     )
     return 0
+
+
+def _check_generation(
+    console: Console,
+    model: str,
+    backends: list[str],
+    new_tokens: int,
+    rtol: float | None,
+    atol: float | None,
+    pipeline: str,
+    batch: int | None,
+    seq_len: int | None,
+    seed: int,
+) -> int:
+    """`cgc check MODEL --generate N`."""
+    from cgc import driver
+    from cgc.generation import context_length, step_program
+    from cgc.generation.check import check_generation
+
+    for name in backends:
+        if name not in ("onnxruntime", "interpreter"):
+            step_program(name, None, None)  # cerebras: not available yet; else unknown
+    if driver.is_onnx(model):
+        raise InputError("--generate traces a PyTorch model; an .onnx file cannot be used")
+    python_file = model.endswith(".py") or ".py:" in model
+    loaded = driver.load_model(model, batch=None if python_file else batch, seed=seed)
+    ids = loaded.example_inputs[0]
+    if not python_file:
+        context = context_length(loaded.module, loaded.example_inputs)
+        length = seq_len or max(1, min(32, context - new_tokens))
+        ids = driver.load_model(model, batch=batch, seq_len=length, seed=seed).example_inputs[0]
+    report = check_generation(
+        loaded.name,
+        loaded.module,
+        ids.tolist(),
+        new_tokens,
+        [b for b in backends if b != "interpreter"],
+        rtol=1e-4 if rtol is None else rtol,
+        atol=1e-4 if atol is None else atol,
+        pipeline=pipeline,
+        progress=console.step,
+    )
+    console.result(report.text())
+    return 0 if report.ok else EXIT_MISMATCH
 
 
 @main.command("opt")
