@@ -39,7 +39,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import prod
-from typing import Any
 
 import torch
 
@@ -648,6 +647,3 @@ def derive_step_graphs(graph: Graph, prompt_tokens: int) -> tuple[Graph, Graph]:
     prefill = run_passes(graph.copy(), f"kv-cache{{tokens={prompt_tokens}}}")
     decode = run_passes(graph.copy(), "kv-cache{tokens=1}")
     return prefill, decode
-
-
-__all__: list[Any] = ["KvCache", "derive_step_graphs", "cache_names"]
