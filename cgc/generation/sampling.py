@@ -49,8 +49,10 @@ class Sampler:
             scores = scores.masked_fill(scores < kth, float("-inf"))
         if self.top_p is not None and self.top_p < 1:
             ordered, order = scores.sort(dim=-1, descending=True)
-            before = ordered.softmax(dim=-1).cumsum(dim=-1) - ordered.softmax(dim=-1)
-            drop = (before >= self.top_p).scatter(-1, order, before >= self.top_p)
+            probs = ordered.softmax(dim=-1)
+            mass_before = probs.cumsum(dim=-1) - probs  # of the more likely tokens
+            drop = torch.zeros_like(probs, dtype=torch.bool)
+            drop.scatter_(-1, order, mass_before >= self.top_p)
             scores = scores.masked_fill(drop, float("-inf"))
         probs = scores.softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
