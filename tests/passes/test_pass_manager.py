@@ -86,7 +86,7 @@ def test_default_expands_to_the_default_pipeline() -> None:
             "canonicalize,fuse-attn",
             "unknown pass 'fuse-attn'; valid passes: autodiff, canonicalize, fuse-attention, "
             "fuse-cross-entropy, fuse-gelu, fuse-layer-norm, fuse-linear, fuse-qkv-attention, "
-            "layer-pipeline, weight-streaming",
+            "kv-cache, layer-pipeline, weight-streaming",
         ),
         (
             "fuse-attention{heads=2}",
