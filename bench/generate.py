@@ -10,7 +10,8 @@ logits) and decode tokens/s (the NEW - 1 one-token steps after it). The exported
 the usual way: its present key-values (the past grown by one token) feed the next step through
 IO binding as OrtValues, no numpy copy; the cgc step updates its cache in place. The three run
 in turn, round after round, and the table gives medians over rounds; all must produce the same
-tokens.
+tokens. Every runtime's idle threads wait passively (ORT: allow_spinning=0, as cgc's step
+program sets it; torch: OMP_WAIT_POLICY=PASSIVE), so none spins on cores another one needs.
 
     python bench/generate.py [--prompt 128] [--new 64] [--rounds 3] [--threads 2]
 """
@@ -227,6 +228,7 @@ def main() -> None:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = args.threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as cgc's steps
     exported = ort.InferenceSession(
         str(export_step(hf, Path(scratch.name))), options, providers=["CPUExecutionProvider"]
     )
