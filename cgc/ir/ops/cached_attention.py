@@ -15,9 +15,11 @@ The op the `kv-cache` pass puts in place of every causal `attention` of a full-s
 For every sequence b, token t is written at slot past[b] + t of both caches, and its query
 attends to slots 0 ... past[b] + t: the causal mask, aligned to each sequence's own length.
 Slots after that are never read, so whatever they hold (zeros, stale tokens) does not matter.
-The outputs are the attention output [B, T, H·D] and both caches with the new slots written;
-every other slot is unchanged. The values are functional (SSA): a backend may update the cache
-in place, as ONNX Runtime does through IO binding, since nothing reads the old cache afterwards.
+The outputs are the attention output [B, T, H·D] and both caches with the new slots written and
+slots 0 ... past[b] - 1 unchanged; slots after past[b] + T - 1 are unspecified (the reference
+keeps them, ONNX Runtime keeps them in place and zeroes them in a fresh buffer), as nothing reads
+them before writing them. The values are functional (SSA): a backend may update the cache in
+place, as ONNX Runtime does through IO binding, since nothing reads the old cache afterwards.
 The caller keeps past[b] + T <= C.
 
 Decode is inference only, so the op registers `differentiable=False`.

@@ -299,6 +299,11 @@ def test_op_matches_interpreter(
     want = interpret(g, *inputs)
     got = run_ort(g, *inputs, reference=reference)
     op = case.split(":")[0]
+    if op == "cached_attention":  # cache slots after the new tokens are unspecified
+        end = (inputs[-1] + inputs[0].shape[1]).reshape(-1, 1, 1, 1)
+        for caches in (got, want):
+            for cache in caches[1:]:
+                cache.masked_fill_(torch.arange(cache.shape[2]).reshape(1, 1, -1, 1) >= end, 0.0)
     fused = all_ops()[op].category == "fused"
     torch.testing.assert_close(got, want, **(FUSED_TOLERANCE if fused else PRIMITIVE_TOLERANCE))
 
