@@ -139,9 +139,8 @@ def main() -> None:
 )
 @click.option(
     "--backend",
-    default="cerebras",
-    show_default=True,
-    help="Target backend: cerebras (a simulated wafer) or onnxruntime.",
+    help="Target backend: cerebras (a simulated wafer) or onnxruntime [cerebras; onnxruntime "
+    "with --generate].",
 )
 @click.option("--target", help="Wafer for --backend cerebras: wse2, wse3 or fabric:WxH [wse2].")
 @click.option(
@@ -161,6 +160,18 @@ def main() -> None:
 @_seed
 @_input_shape
 @click.option("--print-ir", is_flag=True, help="Print the IR after the passes.")
+@click.option(
+    "--generate",
+    is_flag=True,
+    help="Write a generation artifact instead: the kv-cache prefill (--seq-len tokens [32]) and "
+    "decode graphs for `cgc generate ARTIFACT`.",
+)
+@click.option(
+    "--max-len",
+    type=int,
+    callback=_positive,
+    help="With --generate: cache capacity in tokens [the model's context, at most 256].",
+)
 @debug_flags
 @_common
 def compile_cmd(
@@ -177,11 +188,28 @@ def compile_cmd(
     seed: int,
     input_shape: tuple[str, ...],
     print_ir: bool,
+    generate: bool,
+    max_len: int | None,
     debug_options: DebugOptions,
 ) -> int:
     from cgc import driver
     from cgc.debug.instrumented import run_instrumented
 
+    if generate:
+        return _compile_generation(
+            console,
+            model,
+            output,
+            backend or "onnxruntime",
+            pipeline,
+            batch,
+            seq_len,
+            max_len,
+            seed,
+        )
+    if max_len is not None:
+        raise InputError("--max-len applies to --generate")
+    backend = backend or "cerebras"
     start = time.perf_counter()
     backend_module = driver.get_backend(backend)  # a bad name fails before the long steps
     wafer = {"target": target, "mode": mode, "precision": precision}
@@ -224,6 +252,56 @@ def compile_cmd(
     )
     if summary := artifact.summary():
         console.result(summary)
+    return 0
+
+
+def _compile_generation(
+    console: Console,
+    model: str,
+    output: Path | None,
+    backend: str,
+    pipeline: str,
+    batch: int | None,
+    seq_len: int | None,
+    max_len: int | None,
+    seed: int,
+) -> int:
+    """`cgc compile --generate`: the step graphs of MODEL as a generation artifact."""
+    from cgc import driver
+    from cgc.generation import context_length, step_program, trace_step_graphs
+    from cgc.generation.artifact import GenerationArtifact
+    from cgc.generation.session import model_tokenizer
+
+    if backend != "onnxruntime":
+        step_program(backend, None, None)  # cerebras: not available yet; else unknown
+    if driver.is_onnx(model):
+        raise InputError("--generate traces a PyTorch model; an .onnx file cannot be used")
+    loaded = driver.load_model(model, seed=seed)
+    context = context_length(loaded.module, loaded.example_inputs)
+    capacity = max_len or min(context, 256)
+    if capacity > context:
+        raise InputError(f"--max-len {capacity} exceeds the model's context of {context}")
+    prompt_tokens = seq_len or min(32, capacity)
+    if prompt_tokens > capacity:
+        raise InputError(f"--seq-len {prompt_tokens} exceeds the cache capacity {capacity}")
+    console.step(f"tracing {loaded.name} at {capacity} positions and deriving the step graphs ...")
+    graphs = trace_step_graphs(
+        loaded.module,
+        batch=batch or 1,
+        capacity=capacity,
+        prompt_tokens=prompt_tokens,
+        pipeline=pipeline,
+    )
+    info = {"model": loaded.name, "pipeline": pipeline, "weights": loaded.weights}
+    artifact = GenerationArtifact(graphs, model_tokenizer(model), info)
+    folder = output or Path("out") / f"{loaded.name}-generate"
+    console.step(f"writing {folder} ...")
+    artifact.save(folder, progress=console.detail)
+    ops = ", ".join(f"{op} {n}" for op, n in graphs.decode.op_counts().items())
+    console.result(
+        f"{loaded.name}: {loaded.num_parameters():,} parameters, weights {loaded.weights}\n"
+        f"decode ops: {ops}\n{artifact.summary()}\nartifact: {folder} (onnxruntime)"
+    )
     return 0
 
 
@@ -302,6 +380,16 @@ def run_cmd(
     help="Arithmetic precision of the cerebras backend (fp32 accumulation) [fp32].",
 )
 @click.option(
+    "--generate",
+    "generate_tokens",
+    type=int,
+    callback=_positive,
+    metavar="N",
+    help="Check greedy generation of N tokens instead: tokens and every step's logits against "
+    "eager PyTorch recomputing the full sequence. The prompt is the example input (for "
+    "built-in models and checkpoints --batch x --seq-len, [32] tokens).",
+)
+@click.option(
     "--json", "json_file", type=click.Path(path_type=Path), help="Also write the report as JSON."
 )
 @click.option(
@@ -326,10 +414,15 @@ def check_cmd(
     precision: str | None,
     json_file: Path | None,
     junit_file: Path | None,
+    generate_tokens: int | None,
 ) -> int:
     from cgc.check import check_model
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
+    if generate_tokens is not None:
+        return _check_generation(
+            console, model, names, generate_tokens, rtol, atol, pipeline, batch, seq_len, seed
+        )
     wafer = {k: v for k, v in {"target": target, "precision": precision}.items() if v}
     if wafer and "cerebras" not in names:
         raise InputError(
@@ -366,6 +459,158 @@ def check_cmd(
         console.detail(f"wrote {save_report(json_file, report.json())}")
     if junit_file:
         console.detail(f"wrote {save_report(junit_file, report.junit())}")
+    return 0 if report.ok else EXIT_MISMATCH
+
+
+@main.command(
+    "generate",
+    help="Generate text from MODEL (see cgc compile) or a `cgc compile --generate` ARTIFACT "
+    "folder, through the kv-cache step graphs. Tokens print as they are produced; the end "
+    "gives prompt tokens, new tokens, prefill ms and decode tokens/s.",
+)
+@click.argument("model")
+@click.option("--prompt", help="The prompt text.")
+@click.option(
+    "--batch-prompts",
+    type=click.Path(path_type=Path),
+    help="A file with one prompt per line, generated as one batch.",
+)
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, callback=_positive)
+@click.option(
+    "--temperature", type=float, default=0.0, show_default=True, help="0 is greedy (argmax)."
+)
+@click.option("--top-k", type=int, help="Sample from the K most likely tokens.")
+@click.option(
+    "--top-p", type=float, help="Sample from the most likely tokens holding P of the mass."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling (and weight) seed.")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "interpreter", "cerebras"]),
+    default="onnxruntime",
+    show_default=True,
+)
+@click.option(
+    "--max-len",
+    type=int,
+    callback=_positive,
+    help="Cache capacity C in tokens [prompt + new tokens - 1].",
+)
+@click.option(
+    "--stream/--no-stream", default=True, show_default=True, help="Print tokens as produced."
+)
+@_common
+def generate_cmd(
+    console: Console,
+    model: str,
+    prompt: str | None,
+    batch_prompts: Path | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+    backend: str,
+    max_len: int | None,
+    stream: bool,
+) -> int:
+    from cgc.generation import Sampler
+    from cgc.generation.session import open_generator
+
+    if (prompt is None) == (batch_prompts is None):
+        raise InputError("give --prompt TEXT or --batch-prompts FILE (one of them)")
+    if batch_prompts is not None:
+        try:
+            texts = [line for line in batch_prompts.read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise InputError(f"{batch_prompts}: cannot read it ({e.strerror})") from None
+        if not texts:
+            raise InputError(f"{batch_prompts}: no prompts (one per line)")
+    else:
+        texts = [prompt]
+    sampler = Sampler(temperature, top_k, top_p, seed)
+    generator, prompts = open_generator(
+        model,
+        texts,
+        max_new_tokens=max_new_tokens,
+        backend=backend,
+        capacity=max_len,
+        seed=seed,
+        progress=console.step,
+    )
+    tokenizer = generator.tokenizer
+    streaming = stream and len(prompts) == 1 and not console.quiet
+    produced: list[int] = []
+    shown = [0, 0]  # characters printed, tokens not yet printed
+
+    def on_token(row: int, token: int) -> None:
+        produced.append(token)
+        text = tokenizer.decode(produced)
+        # Hold back a few tokens that may be the start of a multi-byte character.
+        if text.endswith("\ufffd") and shown[1] < 3:
+            shown[1] += 1
+            return
+        click.echo(text[shown[0] :], nl=False)
+        shown[:] = [len(text), 0]
+
+    if streaming:
+        click.echo(texts[0], nl=False)
+    result = generator.run(prompts, max_new_tokens, sampler, on_token if streaming else None)
+    if streaming:
+        click.echo(tokenizer.decode(result.tokens[0])[shown[0] :])
+    else:
+        for text, tokens in zip(texts, result.tokens, strict=True):
+            console.result(text + tokenizer.decode(tokens))
+    new = sum(map(len, result.tokens))
+    console.step(
+        f"prompt tokens {sum(map(len, prompts))}, new tokens {new}, "
+        f"prefill {result.prefill_seconds * 1e3:.1f} ms, "
+        f"decode {result.decode_tokens_per_second:.1f} tokens/s ({backend})"
+    )
+    return 0
+
+
+def _check_generation(
+    console: Console,
+    model: str,
+    backends: list[str],
+    new_tokens: int,
+    rtol: float | None,
+    atol: float | None,
+    pipeline: str,
+    batch: int | None,
+    seq_len: int | None,
+    seed: int,
+) -> int:
+    """`cgc check MODEL --generate N`."""
+    from cgc import driver
+    from cgc.generation import context_length, step_program
+    from cgc.generation.check import check_generation
+
+    for name in backends:
+        if name not in ("onnxruntime", "interpreter"):
+            step_program(name, None, None)  # cerebras: not available yet; else unknown
+    if driver.is_onnx(model):
+        raise InputError("--generate traces a PyTorch model; an .onnx file cannot be used")
+    python_file = model.endswith(".py") or ".py:" in model
+    loaded = driver.load_model(model, batch=None if python_file else batch, seed=seed)
+    ids = loaded.example_inputs[0]
+    if not python_file:
+        context = context_length(loaded.module, loaded.example_inputs)
+        length = seq_len or max(1, min(32, context - new_tokens))
+        ids = driver.load_model(model, batch=batch, seq_len=length, seed=seed).example_inputs[0]
+    report = check_generation(
+        loaded.name,
+        loaded.module,
+        ids.tolist(),
+        new_tokens,
+        [b for b in backends if b != "interpreter"],
+        rtol=1e-4 if rtol is None else rtol,
+        atol=1e-4 if atol is None else atol,
+        pipeline=pipeline,
+        progress=console.step,
+    )
+    console.result(report.text())
     return 0 if report.ok else EXIT_MISMATCH
 
 

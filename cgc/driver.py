@@ -174,6 +174,8 @@ def compile_graph(
 def load(folder: str | Path) -> Artifact:
     """Load an artifact folder written by `Artifact.save` or `cgc compile`."""
     manifest = read_manifest(folder)
+    if manifest.get("info", {}).get("kind") == "generate":
+        raise InputError(f"{folder} is a generation artifact; run it with `cgc generate {folder}`")
     return get_backend(manifest["backend"]).load(Path(folder), manifest)
 
 

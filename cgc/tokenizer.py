@@ -49,8 +49,9 @@ class ByteTokenizer:
         return list(text.encode("utf-8"))
 
     def decode(self, ids: list[int]) -> str:
-        """Bytes back to text; a partial character at either end becomes U+FFFD."""
-        return bytes(ids).decode("utf-8", errors="replace")
+        """Bytes back to text; a partial character at either end, or an id past 255 (a model
+        with a larger vocabulary generated it), becomes U+FFFD."""
+        return bytes(i if 0 <= i < 256 else 0xFF for i in ids).decode("utf-8", errors="replace")
 
     def save(self, folder: Path) -> str:
         """Nothing to write: bytes need no vocabulary."""

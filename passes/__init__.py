@@ -9,6 +9,7 @@ from cgc.passes import (  # noqa: F401  (registration)
     fuse_layer_norm,
     fuse_linear,
     fuse_qkv_attention,
+    kv_cache,
     layer_pipeline,
     weight_streaming,
 )

@@ -10,11 +10,13 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
 import onnx
+import torch
 from onnx import TensorProto, helper
 
 from cgc.backends.onnxruntime.lowering import ONNX_DTYPES, Emitter, raw_bytes, tensor_proto
@@ -59,7 +61,8 @@ def to_onnx(
         if external_data:
             location = path.name + ".data"
             with open(staging / location, "wb") as f:
-                weights, digest = _write_external(graph, f, location)
+                protos, digest = _write_external([graph], f, location)
+            weights = list(protos.values())
             if digests is not None:
                 digests[location] = digest
         else:
@@ -130,27 +133,76 @@ def _check_weights(graph: Graph) -> None:
             )
 
 
-def _write_external(graph: Graph, f: BinaryIO, location: str) -> tuple[list[TensorProto], str]:
-    """Append each weight to `f` at a page-aligned offset; the initializers pointing at them and
-    the file's SHA-256.
+def _write_external(
+    graphs: Sequence[Graph], f: BinaryIO, location: str
+) -> tuple[dict[str, TensorProto], str]:
+    """Append each weight of `graphs` (once per name) to `f` at a page-aligned offset; the
+    initializers pointing at them by name, and the file's SHA-256.
 
     The digest is computed on a worker thread while the bytes are written (hashlib releases the
     GIL), so an artifact's manifest does not read hundreds of MB of weights back.
     """
-    protos = []
+    protos: dict[str, TensorProto] = {}
     digest = hashlib.sha256()
     with ThreadPoolExecutor(max_workers=1) as hasher:  # one worker keeps updates in order
-        for name, value in graph.params.items():
-            data = raw_bytes(graph.weights[name])
-            padding = bytes(-f.tell() % _ALIGN)
-            f.write(padding)
-            hasher.submit(digest.update, padding)
-            proto = TensorProto(name=name, data_type=ONNX_DTYPES[value.dtype])
-            proto.dims.extend(value.shape)
-            proto.data_location = TensorProto.EXTERNAL
-            for key, val in (("location", location), ("offset", f.tell()), ("length", data.nbytes)):
-                proto.external_data.add(key=key, value=str(val))
-            f.write(data)
-            hasher.submit(digest.update, data)
-            protos.append(proto)
+        for graph in graphs:
+            for name, value in graph.params.items():
+                if name in protos:
+                    continue
+                data = raw_bytes(graph.weights[name])
+                padding = bytes(-f.tell() % _ALIGN)
+                f.write(padding)
+                hasher.submit(digest.update, padding)
+                proto = TensorProto(name=name, data_type=ONNX_DTYPES[value.dtype])
+                proto.dims.extend(value.shape)
+                proto.data_location = TensorProto.EXTERNAL
+                for key, val in (
+                    ("location", location),
+                    ("offset", f.tell()),
+                    ("length", data.nbytes),
+                ):
+                    proto.external_data.add(key=key, value=str(val))
+                f.write(data)
+                hasher.submit(digest.update, data)
+                protos[name] = proto
     return protos, digest.hexdigest()
+
+
+def to_onnx_models(
+    graphs: Mapping[str, Graph], folder: str | Path, data_file: str
+) -> dict[str, str]:
+    """Write several graphs (file name -> graph) as ONNX models into `folder` with one shared
+    external-data file: a weight several graphs hold (same name, same tensor) is stored once.
+
+    Returns the SHA-256 of every file written, by name. Staged and moved into place like
+    to_onnx. Used for the prefill and decode graphs of generation, which share every weight.
+    """
+    folder = Path(folder)
+    prepared_graphs = {name: prepared(g) for name, g in graphs.items()}
+    for name, g in prepared_graphs.items():
+        _check_weights(g)
+        for other in prepared_graphs.values():
+            for p in g.params.keys() & other.params.keys():
+                if g.weights[p] is not other.weights[p] and not torch.equal(
+                    g.weights[p], other.weights[p]
+                ):
+                    raise CgcError(f"{name}: weight %{p} differs between the graphs sharing it")
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".onnx.", dir=folder))
+    digests: dict[str, str] = {}
+    try:
+        with open(staging / data_file, "wb") as f:
+            protos, digests[data_file] = _write_external(
+                list(prepared_graphs.values()), f, data_file
+            )
+        for name, g in prepared_graphs.items():
+            model = _build(g)
+            model.graph.initializer.extend(protos[p] for p in g.params)
+            data = model.SerializeToString()
+            (staging / name).write_bytes(data)
+            digests[name] = hashlib.sha256(data).hexdigest()
+        for name in [data_file, *prepared_graphs]:
+            os.replace(staging / name, folder / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return digests

@@ -754,3 +754,69 @@ def _gelu_grad(e: Emitter, node: Node) -> None:
         log_density = e.op("Sub", [c(-0.5 * math.log(2.0 * math.pi)), e.op("Mul", [u, u])])
         right = e.op("Mul", [x.name, e.op("Exp", [log_density])])
     e.op("Mul", [dy.name, e.op("Add", [left, right])], node.output.name)
+
+
+@lowering("cached_attention")
+def _cached_attention(e: Emitter, node: Node) -> None:
+    """com.microsoft.GroupQueryAttention with its past and present caches sharing one buffer.
+
+    The IR cache layout, [B, H, C, D] with sequence b's tokens in slots 0 ... past[b] + T - 1,
+    is GroupQueryAttention's BNSH cache. When the caller binds one OrtValue as both a cache
+    input and the matching output (IO binding), the kernel writes the new keys and values into
+    it in place and attends to the first past[b] + T slots: no copy of the cache per step. Its
+    seqlens_k is the index of each sequence's last token (past + T - 1, int32) and
+    total_sequence_length the longest such length. ONNX Attention-23 and MultiHeadAttention
+    instead return a present cache grown by T, a copy of the whole cache every step.
+    ORT's CPU kernel takes T > 1 new tokens only from an empty cache (prefill) or for batch 1,
+    and head sizes that are multiples of 8; other head sizes take _cached_attention_scatter.
+    """
+    q, k, v, k_cache, v_cache, past = node.inputs
+    t = q.shape[1]
+    if k_cache.shape[-1] % 8:
+        _cached_attention_scatter(e, node)
+        return
+    last = e.op("Add", [past.name, e.ints([t - 1], "last")])
+    seqlens = e.op("Cast", [last], to=TensorProto.INT32)
+    total = e.op("Add", [e.op("ReduceMax", [last], keepdims=0), e.ints([1], "one")])
+    total = e.op("Cast", [e.op("Reshape", [total, e.ints([], "scalar")])], to=TensorProto.INT32)
+    e.op(
+        "GroupQueryAttention",
+        [q.name, k.name, v.name, k_cache.name, v_cache.name, seqlens, total],
+        _names(node.outputs),
+        domain=MS_DOMAIN,
+        num_heads=node.attrs["num_heads"],
+        kv_num_heads=node.attrs["num_heads"],
+        scale=float(node.attrs["scale"]),
+    )
+
+
+def _cached_attention_scatter(e: Emitter, node: Node) -> None:
+    """cached_attention in standard ops: ScatterElements writes the new keys and values into
+    the caches (in place when their buffers are bound as input and output: ORT skips copying a
+    tensor onto itself), then Attention-23 attends to the whole cache under a [B, 1, T, C]
+    mask of the slots each query sees."""
+    q, k, v, k_cache, v_cache, past = node.inputs
+    b, t, width = q.shape
+    heads, capacity, d = k_cache.shape[1:]
+    out, k_next, v_next = _names(node.outputs)
+
+    def split(x: str) -> str:  # [B, T, H·D] -> [B, H, T, D]
+        x = e.op("Reshape", [x, e.ints([b, t, heads, d], "heads")], allowzero=1)
+        return e.op("Transpose", [x], perm=[0, 2, 1, 3])
+
+    steps = e.tensor(torch.arange(t).reshape(1, 1, t, 1), "steps")
+    slot = e.op("Add", [e.op("Reshape", [past.name, e.ints([b, 1, 1, 1], "past")]), steps])
+    index = e.op("Expand", [slot, e.ints([b, heads, t, d], "index_shape")])
+    for new, cache, name in ((k, k_cache, k_next), (v, v_cache, v_next)):
+        e.op("ScatterElements", [cache.name, index, split(new.name)], name, axis=2)
+    slots = e.tensor(torch.arange(capacity).reshape(1, 1, 1, capacity), "slots")
+    mask = e.op("LessOrEqual", [slots, slot])
+    y = e.op(
+        "Attention",
+        [split(q.name), k_next, v_next, mask],
+        q_num_heads=heads,
+        kv_num_heads=heads,
+        scale=float(node.attrs["scale"]),
+    )
+    y = e.op("Transpose", [y], perm=[0, 2, 1, 3])
+    e.op("Reshape", [y, e.ints([b, t, width], "shape")], out, allowzero=1)

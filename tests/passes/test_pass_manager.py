@@ -46,6 +46,8 @@ def test_every_pass_is_registered_with_a_description() -> None:
         "`linear(x, w, b)`.",
         "fuse-qkv-attention": "Fuse attention on the q, k, v thirds of one linear projection "
         "into `qkv_attention`.",
+        "kv-cache": "Derive the cached step graph (prefill or decode) of a causal LM traced at its "
+        "capacity.",
         "layer-pipeline": "Give every stage a wafer region sized to balance the layer pipeline "
         "(annotates only).",
         "weight-streaming": "Run one layer at a time on the whole wafer with weights streamed in "
@@ -84,7 +86,7 @@ def test_default_expands_to_the_default_pipeline() -> None:
             "canonicalize,fuse-attn",
             "unknown pass 'fuse-attn'; valid passes: autodiff, canonicalize, fuse-attention, "
             "fuse-cross-entropy, fuse-gelu, fuse-layer-norm, fuse-linear, fuse-qkv-attention, "
-            "layer-pipeline, weight-streaming",
+            "kv-cache, layer-pipeline, weight-streaming",
         ),
         (
             "fuse-attention{heads=2}",

@@ -2,6 +2,7 @@
 
 from cgc.ir.ops import (  # noqa: F401  (registration)
     backward,
+    cached_attention,
     elementwise,
     linalg,
     loss,

@@ -138,6 +138,27 @@ CASES: dict[str, tuple[str, str]] = {
         "param %w: f32[24,8]\n"
         "%y = qkv_attention(%x, %w) {causal=true, num_heads=2, scale=0.5} : f32[2,768,8]",
     ),
+    # One new token per sequence after 0..4 cached ones (sequences differ), in place of a cache
+    # of 8: GroupQueryAttention; three tokens after a past (batch 1, as its CPU kernel needs);
+    # head size 10: ScatterElements and Attention-23.
+    "cached_attention": (
+        "%q: f32[2,1,16], %k: f32[2,1,16], %v: f32[2,1,16], %kc: f32[2,2,8,8], "
+        "%vc: f32[2,2,8,8], %past: i64[2]",
+        "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) {num_heads=2, scale=0.35}"
+        " : f32[2,1,16], f32[2,2,8,8], f32[2,2,8,8]",
+    ),
+    "cached_attention:chunk": (
+        "%q: f32[1,3,16], %k: f32[1,3,16], %v: f32[1,3,16], %kc: f32[1,2,8,8], "
+        "%vc: f32[1,2,8,8], %past: i64[1]",
+        "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) {num_heads=2, scale=0.35}"
+        " : f32[1,3,16], f32[1,2,8,8], f32[1,2,8,8]",
+    ),
+    "cached_attention:head_size_10": (
+        "%q: f32[2,1,20], %k: f32[2,1,20], %v: f32[2,1,20], %kc: f32[2,2,8,10], "
+        "%vc: f32[2,2,8,10], %past: i64[2]",
+        "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) {num_heads=2, scale=0.3}"
+        " : f32[2,1,20], f32[2,2,8,10], f32[2,2,8,10]",
+    ),
     "qkv_attention:no_bias": (
         "%x: f32[2,5,8]",
         "param %w: f32[36,8]\n"
@@ -278,6 +299,11 @@ def test_op_matches_interpreter(
     want = interpret(g, *inputs)
     got = run_ort(g, *inputs, reference=reference)
     op = case.split(":")[0]
+    if op == "cached_attention":  # cache slots after the new tokens are unspecified
+        end = (inputs[-1] + inputs[0].shape[1]).reshape(-1, 1, 1, 1)
+        for caches in (got, want):
+            for cache in caches[1:]:
+                cache.masked_fill_(torch.arange(cache.shape[2]).reshape(1, 1, -1, 1) >= end, 0.0)
     fused = all_ops()[op].category == "fused"
     torch.testing.assert_close(got, want, **(FUSED_TOLERANCE if fused else PRIMITIVE_TOLERANCE))
 
@@ -296,6 +322,11 @@ def _op_types(g: Graph) -> list[str]:
         ("linear:2d_no_bias", ["Gemm"]),
         ("linear:no_bias", ["FusedMatMul"]),
         ("qkv_attention", ["Transpose", "Attention"]),
+        # integer bookkeeping on [batch] lengths, then one kernel
+        (
+            "cached_attention",
+            ["Add", "Cast", "ReduceMax", "Add", "Reshape", "Cast", "GroupQueryAttention"],
+        ),
         ("attention:causal", ["Attention"]),
         # a mask's lowest-float entries are raised a hair (Equal, Where): see the next test
         ("attention:padding_mask", ["Equal", "Where", "Expand", "Attention"]),

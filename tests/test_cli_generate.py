@@ -1,0 +1,132 @@
+"""`cgc generate`, `cgc compile --generate` and `cgc check --generate` on the command line."""
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from cgc.cli import main
+
+PROMPT = "ABC 123"  # bytes below the tiny models' 97-token vocabulary
+STATS = re.compile(
+    r"prompt tokens 7, new tokens 8, prefill [\d.]+ ms, decode [\d.]+ tokens/s \((\w+)\)"
+)
+
+NOT_CAUSAL = """\
+import torch
+
+
+class Bidirectional(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte = torch.nn.Embedding(50, 16)
+        self.qkv = torch.nn.Linear(16, 48)
+        self.head = torch.nn.Linear(16, 50)
+
+    def forward(self, ids):
+        q, k, v = self.qkv(self.wte(ids)).split(16, dim=-1)
+        heads = [x.view(*x.shape[:2], 2, 8).transpose(1, 2) for x in (q, k, v)]
+        y = torch.nn.functional.scaled_dot_product_attention(*heads, is_causal=False)
+        return self.head(y.transpose(1, 2).reshape(ids.shape[0], ids.shape[1], 16))
+
+
+def get_model():
+    return Bidirectional().eval(), (torch.zeros(1, 16, dtype=torch.long),)
+"""
+
+
+def cgc(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def generated(result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_generate_streams_what_it_returns_and_reports_speed() -> None:
+    streamed = cgc("generate", "tiny-111m", "--prompt", PROMPT, "--max-new-tokens", "8")
+    text = generated(streamed)
+    assert text.startswith(PROMPT) and len(text.rstrip("\n")) > len(PROMPT)
+    assert STATS.search(streamed.stderr).group(1) == "onnxruntime"
+    whole = cgc("generate", "tiny-111m", "--prompt", PROMPT, "--max-new-tokens", "8", "--no-stream")
+    assert generated(whole) == text
+    interpreted = cgc(
+        "generate", "tiny-111m", "--prompt", PROMPT, "--max-new-tokens", "8", "--no-stream",
+        "--backend", "interpreter",
+    )  # fmt: skip
+    assert generated(interpreted) == text
+
+
+def test_sampling_is_reproducible_with_a_seed() -> None:
+    args = ["generate", "tiny-111m", "--prompt", PROMPT, "--max-new-tokens", "12", "--no-stream"]
+    sampled = [generated(cgc(*args, "--temperature", "1.5", "--seed", s)) for s in "112"]
+    assert sampled[0] == sampled[1] != sampled[2]
+    top1 = generated(cgc(*args, "--temperature", "1.5", "--top-k", "1"))
+    assert top1 == generated(cgc(*args))
+
+
+def test_artifact_generates_without_the_model(tmp_path) -> None:
+    out = tmp_path / "gen"
+    compiled = cgc("compile", "tiny-111m", "--generate", "-o", str(out), "--max-len", "32",
+                   "--seq-len", "4")  # fmt: skip
+    assert compiled.exit_code == 0, compiled.output
+    assert "generation: batch 1, prefill 4 tokens, cache capacity 32 tokens" in compiled.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "decode.onnx", "graph.cgc", "manifest.json", "prefill.cgc", "prefill.onnx",
+        "weights.onnx.data",
+    ]  # fmt: skip
+    args = ["--prompt", PROMPT, "--max-new-tokens", "8", "--no-stream"]
+    assert generated(cgc("generate", str(out), *args)) == generated(
+        cgc("generate", "tiny-111m", *args)
+    )
+
+
+def test_check_generate_passes() -> None:
+    result = cgc("check", "tiny-256m", "--generate", "8", "--seq-len", "6", "--batch", "2")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "tiny-256m: 2 prompt(s) of 6, 6 tokens, 8 new tokens, greedy"
+    assert re.match(r"onnxruntime +16/16 ", lines[-2]) and lines[-1] == "PASS"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", ""], "error: the prompt is empty; give at least one character"),
+        (
+            ["--prompt", PROMPT, "--max-len", "5", "--max-new-tokens", "8"],
+            "error: the prompt has 7 tokens, more than --max-len of 5",
+        ),
+        (
+            ["--prompt", PROMPT, "--max-new-tokens", "60"],
+            "error: --max-new-tokens 60 after a 7-token prompt passes the model's context of "
+            "64 positions",
+        ),
+        (
+            ["--prompt", PROMPT, "--backend", "cerebras", "--max-new-tokens", "8"],
+            "error: generation on the cerebras backend is not available yet (decode on the "
+            "layer-pipelined wafer plan is planned); use --backend onnxruntime or interpreter",
+        ),
+        (
+            ["--prompt", "hello", "--max-new-tokens", "8"],
+            "error: prompt token 111 is outside the model's vocabulary of 97 (bytes tokenizer); "
+            "use characters the vocabulary covers",
+        ),
+    ],
+    ids=["empty", "over capacity", "past context", "cerebras", "outside vocabulary"],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message) -> None:
+    result = cgc("generate", "tiny-111m", *args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in result.output
+
+
+def test_a_model_that_is_not_causal_is_refused(tmp_path) -> None:
+    path = tmp_path / "model.py"
+    path.write_text(NOT_CAUSAL)
+    result = cgc("generate", str(path), "--prompt", "0", "--max-new-tokens", "2")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("error: kv-cache: attention at ")
+    assert result.stderr.strip().endswith("is not causal; cannot derive a cached decoder")
