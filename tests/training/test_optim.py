@@ -4,7 +4,7 @@ LambdaLR on the same gradients: equal to fp32 rounding, step after step."""
 import pytest
 import torch
 
-from cgc.backends.onnxruntime import OrtProgram, to_onnx
+from cgc.backends.onnxruntime.training import OrtTrainingSession
 from cgc.ir import TensorType, interpret, verify
 from cgc.training import SGD, AdamW, Schedule
 from cgc.training.optim import decays
@@ -31,38 +31,29 @@ def _torch_run(optimizer, schedule, max_norm, params, grads):
     return history
 
 
-def _graph_run(run, graph, optimizer, params, grads):
-    state = {
-        v.name: torch.zeros(v.shape)
-        for v in graph.inputs
-        if v.name not in params and v.name != "step" and not v.name.startswith(GRAD)
-    }
+def _graph_run(backend, graph, params, grads):
+    """Parameters, grad norm and lr after each step of the update graph on `backend`."""
+    state = {v.name: torch.zeros(v.shape) for v in graph.inputs if v.name.startswith("exp_avg")}
+    state |= {v.name: torch.zeros(v.shape) for v in graph.inputs if v.name.startswith("momentum")}
     current = {**{n: p.clone() for n, p in params.items()}, **state}
+    session = OrtTrainingSession(graph, current) if backend == "onnxruntime" else None
     history = []
     for t, step_grads in enumerate(grads):
-        feeds = {**current, "step": torch.tensor(t), **{GRAD + n: g for n, g in step_grads.items()}}
-        outs = dict(zip([v.name for v in graph.outputs], run(graph, feeds), strict=True))
-        current = {n: outs[NEW + n] for n in current}
+        feeds = {"step": torch.tensor(t), **{GRAD + n: g for n, g in step_grads.items()}}
+        if session is not None:
+            scalars = session.step(feeds)
+            current = session.state_dict()
+        else:
+            feeds |= current
+            outs = interpret(graph, *(feeds[v.name] for v in graph.inputs))
+            scalars = dict(zip([v.name for v in graph.outputs], outs, strict=True))
+            current = {n: scalars[NEW + n] for n in current}
         history.append(
-            ({n: current[n] for n in params}, float(outs["grad_norm"]), float(outs["lr"]))
+            ({n: current[n] for n in params}, float(scalars["grad_norm"]), float(scalars["lr"]))
         )
+    if session is not None:
+        assert sorted(session.in_place) == sorted(current)  # no second buffers were needed
     return history
-
-
-def _interpreter(graph, feeds):
-    return interpret(graph, *(feeds[v.name] for v in graph.inputs))
-
-
-def _ort(graph, feeds, cache={}):
-    key = id(graph)
-    if key not in cache:
-        import tempfile
-        from pathlib import Path
-
-        folder = Path(tempfile.mkdtemp(prefix="cgc-optim-"))
-        to_onnx(graph, folder / "update.onnx")
-        cache[key] = OrtProgram(folder / "update.onnx", reference=True)
-    return cache[key].run(*(feeds[v.name] for v in graph.inputs))
 
 
 OPTIMIZERS = {
@@ -91,8 +82,7 @@ def test_update_matches_torch(case: str, backend: str) -> None:
         {n: TensorType(s, "f32") for n, s in SHAPES.items()}, optimizer, schedule, max_norm
     )
     verify(graph)
-    run = _interpreter if backend == "interpreter" else _ort
-    got = _graph_run(run, graph, optimizer, params, grads)
+    got = _graph_run(backend, graph, params, grads)
     want = _torch_run(optimizer, schedule, max_norm or float("inf"), params, grads)
     for t, ((p_got, norm_got, lr_got), (p_want, norm_want, lr_want)) in enumerate(
         zip(got, want, strict=True)
