@@ -15,9 +15,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cgc.debug.irfile import write_atomic
 from cgc.debug.numerics import Bin, Comparison
 from cgc.errors import InputError
+from cgc.files import write_atomic
 
 if TYPE_CHECKING:
     from cgc.check import CheckReport, Tolerance

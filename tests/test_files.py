@@ -1,0 +1,55 @@
+"""Published files and folders honour the umask, not the private modes of temporary files."""
+
+import os
+import stat
+
+import pytest
+
+from cgc.files import staged_file, staged_folder, umask, write_atomic
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002])
+def mask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_modes_follow_the_umask(tmp_path, mask) -> None:
+    assert umask() == mask
+    write_atomic(tmp_path / "a" / "f.txt", b"x")
+    assert _mode(tmp_path / "a" / "f.txt") == 0o666 & ~mask
+    with staged_folder(tmp_path / "run") as staging:
+        (staging / "sub").mkdir()
+        (staging / "sub" / "w.bin").write_bytes(b"1")
+        assert _mode(staging) == 0o700  # private while it is being written
+    assert _mode(tmp_path / "run") == 0o777 & ~mask
+    assert _mode(tmp_path / "run" / "sub" / "w.bin") == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_failed_write_leaves_nothing(tmp_path) -> None:
+    (tmp_path / "keep.txt").write_text("old")
+    with pytest.raises(RuntimeError), staged_file(tmp_path / "keep.txt") as staging:
+        staging.write_text("half")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), staged_folder(tmp_path / "out") as staging:
+        (staging / "x").write_text("half")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    assert (tmp_path / "keep.txt").read_text() == "old"
+
+
+def test_compiled_artifacts_honour_the_umask(tmp_path, mask) -> None:
+    from cgc import driver, models
+
+    module = models.build("tiny-111m")
+    for backend in ("onnxruntime", "cerebras"):
+        folder = driver.compile(module, models.example_inputs(module.config, 1, 8), backend)
+        folder = folder.save(tmp_path / backend)
+        assert _mode(folder) == 0o777 & ~mask
+        assert {_mode(p) for p in folder.iterdir()} == {0o666 & ~mask}, backend
