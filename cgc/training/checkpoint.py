@@ -106,28 +106,28 @@ class Checkpoint:
 
 
 def write_checkpoint(
-    run: Path,
-    step: int,
+    target: Path,
     save_model: Callable[[Path], None],
     optimizer: Mapping[str, torch.Tensor],
     state: Mapping[str, Any],
-    *,
-    keep: int | None = None,
+    tokenizer: Path | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically: `save_model(folder)` writes the weights, then the
-    optimizer state, the trainer state and the run's tokenizer. With `keep`, older checkpoints
-    beyond the newest `keep` are removed afterwards."""
-    target = run / checkpoint_name(step)
+    """Write a checkpoint folder atomically: `save_model(folder)` writes the weights, then the
+    optimizer state, the trainer state (with at least `step`) and a copy of `tokenizer`."""
     with staged_folder(target) as folder:
         save_model(folder)
         save_file({k: v.contiguous() for k, v in optimizer.items()}, str(folder / OPTIMIZER))
-        if (run / TOKENIZER_FILE).is_file():
-            shutil.copyfile(run / TOKENIZER_FILE, folder / TOKENIZER_FILE)
-        (folder / TRAINER_STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
-    if keep is not None:
-        for old in list(checkpoints(run))[:-keep]:
-            shutil.rmtree(checkpoints(run)[old])
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, folder / TOKENIZER_FILE)
+        (folder / TRAINER_STATE).write_text(json.dumps(dict(state), indent=2) + "\n")
     return target
+
+
+def prune_checkpoints(run: Path, keep: int) -> None:
+    """Remove all but the newest `keep` checkpoints of a run."""
+    found = checkpoints(run)
+    for step in list(found)[:-keep]:
+        shutil.rmtree(found[step])
 
 
 def read_checkpoint(folder: str | Path) -> Checkpoint:
