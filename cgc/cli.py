@@ -789,6 +789,13 @@ def opt_cmd(
     "[eager; ir for .cgc files].",
 )
 @click.option("--weights", type=click.Path(path_type=Path), help="Parameter data of a .cgc MODEL.")
+@click.option(
+    "--inputs",
+    "inputs_file",
+    type=click.Path(path_type=Path),
+    help="Inputs of a .cgc MODEL (.safetensors by input name) [seeded random], e.g. the first "
+    "step's inputs that `cgc train --dump-dir` writes.",
+)
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance.")
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance.")
 @_batch
@@ -803,6 +810,7 @@ def bisect_cmd(
     backend: str | None,
     reference: str | None,
     weights: Path | None,
+    inputs_file: Path | None,
     rtol: float,
     atol: float,
     batch: int | None,
@@ -820,6 +828,7 @@ def bisect_cmd(
         backend=backend,
         reference=reference,
         weights=weights,
+        inputs_file=inputs_file,
         batch=batch,
         seq_len=seq_len,
         seed=seed,

@@ -195,6 +195,9 @@ def train(
         graphs, session, task.batch_names, optimizer, seed=config.seed, save_model=task.save_model
     )
     trainer.steps = start
+    if debug is not None and debug.dump_dir is not None:
+        first = task.feed(windows.train_batch(position, config.batch))
+        _dump_step(debug.dump_dir, graphs.step, state | trainer.inputs(*first))
     if recorded is None:
         run.mkdir(parents=True, exist_ok=True)
         tokenizer_spec = tokenizer.save(run)
@@ -209,6 +212,15 @@ def train(
         if recorded is None and not checkpoints(run):  # nothing to resume: leave no folder
             shutil.rmtree(run, ignore_errors=True)
         raise
+
+
+def _dump_step(folder: Path, graph, inputs: Mapping[str, Any]) -> None:
+    """Beside the dumped stages: the step graph's weights (those not trained) and the inputs of
+    the next step, so `cgc bisect` can replay the step graph on real values."""
+    from cgc.debug.irfile import real_weights, write_weights
+
+    write_weights(folder / "weights.safetensors", real_weights(graph))
+    write_weights(folder / "inputs.safetensors", {v.name: inputs[v.name] for v in graph.inputs})
 
 
 def _spec(model: str) -> str:

@@ -71,6 +71,8 @@ class Schedule:
         def c(value: float) -> Value:
             return g.constant(value, "f64")
 
+        if self.kind == "constant" and not self.warmup:
+            return c(1.0)
         t = g.call("cast", step, dtype="f64")
         if self.kind == "constant":
             decay = c(1.0)

@@ -117,7 +117,7 @@ def training_graphs(
     run_instrumented(
         graph, passes, debug or DebugOptions(reproducer=False), after_pass=[keep_forward]
     )
-    eval_graph = kept[0]
+    eval_graph = _without_dropout(kept[0])
     trained = [x for x in carried(graph) if x in weights]
     for name in trained:
         eval_graph.param_to_input(name)
@@ -126,6 +126,16 @@ def training_graphs(
         raise ModelError(f"parameter {missing[0]} has no data (meta weights): load real weights")
     params = {n: weights[n].detach().clone() for n in trained}
     return TrainingGraphs(graph, eval_graph, params, [repr(p) for p in passes])
+
+
+def _without_dropout(graph: Graph) -> Graph:
+    """`graph` evaluating as in eval mode: every dropout is the identity (and %rng_seed goes)."""
+    for node in [n for n in graph.nodes if n.op == "dropout"]:
+        graph.replace_all_uses(node.output, node.inputs[0])
+        graph.erase_node(node)
+    seed = [v for v in graph.inputs if v.name == RNG_SEED and not v.users]
+    graph.inputs = [v for v in graph.inputs if v not in seed]
+    return graph
 
 
 class Trainer:
@@ -151,7 +161,9 @@ class Trainer:
         self.last: dict[str, float] = {}  # the scalars of the last step: loss, grad_norm, lr
         self._dropout = any(v.name == RNG_SEED for v in graphs.step.inputs)
 
-    def _inputs(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def inputs(self, *batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The step graph's inputs for `batch` besides parameters and optimizer state: the
+        batch by input name, the step counter and, with dropout, its seed."""
         if len(batch) != len(self.batch_names):
             names = ", ".join(self.batch_names)
             raise InputError(
@@ -160,18 +172,17 @@ class Trainer:
         inputs = dict(zip(self.batch_names, batch, strict=True))
         if self._dropout:
             inputs[RNG_SEED] = torch.tensor(rng_seed(self.seed, self.steps))
-        return inputs
+        return inputs | {STEP: torch.tensor(self.steps)}
 
     def step(self, *batch: torch.Tensor) -> float:
         """One optimizer step on `batch` (the tensors the model takes); returns the loss."""
-        inputs = self._inputs(batch) | {STEP: torch.tensor(self.steps)}
-        self.last = self.session.step(inputs)
+        self.last = self.session.step(self.inputs(*batch))
         self.steps += 1
         return self.last[LOSS]
 
     def evaluate(self, *batch: torch.Tensor) -> float:
         """The loss on `batch` with the current parameters, no update (dropout off)."""
-        inputs = dict(zip(self.batch_names, batch, strict=True))
+        inputs = {k: v for k, v in self.inputs(*batch).items() if k not in (RNG_SEED, STEP)}
         (loss,) = self.session.evaluate(inputs)
         return float(loss)
 
