@@ -61,7 +61,8 @@ _NUMPY = {
 
 
 class OrtTrainingSession:
-    """One compiled training step (and optionally its evaluation graph) with live state."""
+    """One compiled training step (and optionally its evaluation graph) with live state; the
+    carried inputs not in the initial `state` (optimizer state) start at zero."""
 
     def __init__(
         self,
@@ -72,9 +73,6 @@ class OrtTrainingSession:
         threads: int | None = None,
     ) -> None:
         self.pairs = carried(step_graph)  # X -> new.X
-        missing = [x for x in self.pairs if x not in state]
-        if missing:
-            raise InputError(f"no initial value for %{missing[0]} of the training step")
         graph = step_graph.copy()
         barrier = _order_updates_after_reads(graph)
         self.in_place = _in_place(graph, self.pairs, barrier)
@@ -84,9 +82,9 @@ class OrtTrainingSession:
         types = {v.name: v.type for v in graph.inputs}
         self.state: dict[str, ort.OrtValue] = {}
         self._spare: dict[str, ort.OrtValue] = {}  # second buffers of X not updated in place
-        for x in self.pairs:
+        for x in self.pairs:  # values not given (optimizer state) start at zero
             self.state[x] = _buffer(types[x])
-            self.state[x].numpy()[...] = state[x].detach().numpy()
+            self.state[x].numpy()[...] = state[x].detach().numpy() if x in state else 0
             if x not in self.in_place:
                 self._spare[x] = _buffer(types[x])
         self.batch_names = [v.name for v in graph.inputs if v.name not in self.pairs]

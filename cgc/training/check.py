@@ -127,7 +127,7 @@ def check_training(
     for target in tols:
         progress(f"training with {target} ...")
         began = time.perf_counter()
-        session = open_session(target, graphs.step, graphs.initial_state(optimizer))
+        session = open_session(target, graphs.step, graphs.initial)
         losses = []
         for i, b in enumerate(batches):
             losses.append(

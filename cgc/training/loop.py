@@ -178,14 +178,15 @@ def train(
     optimizer, schedule = config.build_optimizer(), config.build_schedule()
     progress("compiling the training step (loss, autodiff, optimizer) ...")
     graphs = training_graphs(task.graph, optimizer, schedule, config.clip or None, debug=debug)
-    state = graphs.initial_state(optimizer)
+    state = dict(graphs.initial)
+    graphs.initial = {}
     start, position = 0, 0
     if checkpoint is not None:
         saved = read_checkpoint(checkpoint)
-        missing = sorted(set(state) - set(graphs.params) - set(saved.optimizer))
+        missing = sorted(set(graphs.optimizer_state()) - set(saved.optimizer))
         if missing:
             raise InputError(f"{checkpoint}: no optimizer state {missing[0]}")
-        state |= {k: saved.optimizer[k] for k in state if k not in graphs.params}
+        state |= {k: saved.optimizer[k] for k in graphs.optimizer_state()}
         start, position = saved.step, int(saved.state["data_position"])
         if start >= config.steps:
             raise InputError(f"{run} has finished its {config.steps} steps; nothing to resume")
@@ -197,7 +198,7 @@ def train(
     trainer.steps = start
     if debug is not None and debug.dump_dir is not None:
         first = task.feed(windows.train_batch(position, config.batch))
-        _dump_step(debug.dump_dir, graphs.step, state | trainer.inputs(*first))
+        _dump_step(debug.dump_dir, graphs.step, session.state_dict() | trainer.inputs(*first))
     if recorded is None:
         run.mkdir(parents=True, exist_ok=True)
         tokenizer_spec = tokenizer.save(run)

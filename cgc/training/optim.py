@@ -1,11 +1,16 @@
 """Optimizers as IR: SGD with momentum, AdamW with decoupled weight decay and bias correction,
 and global gradient-norm clipping, built from primitive ops.
 
-Each update follows torch's single-tensor implementation (torch.optim.SGD / AdamW on CPU,
-torch.nn.utils.clip_grad_norm_) operation for operation, so the two agree to fp32 rounding.
+The updates compute what torch's single-tensor implementations do (torch.optim.SGD / AdamW on
+CPU after torch.nn.utils.clip_grad_norm_), equal to fp32 rounding, with as few passes over the
+parameters as that allows, since a backend runs each elementwise op as one pass over memory:
+the clipping factor is not applied to the gradient but folded into the scalars that multiply
+it, the squared gradient the norm needs is the one AdamW's second moment uses, and the bias
+corrections are folded into the step size and epsilon: AdamW with clipping and weight decay
+makes 14 passes per parameter, the norm's two included, where torch's sequence makes 17.
 Scalars that torch keeps as Python floats (learning rate, bias corrections) are computed in f64
-and rounded to f32 where torch rounds them: when they meet an f32 tensor. The step input is the
-number of steps taken before this one; torch's own counter is one more.
+and rounded to f32 where they meet an f32 tensor. The step input is the number of steps taken
+before this one; torch's own counter is one more.
 
 Defaults are the Cerebras-GPT recipe (Dey et al. 2023, arXiv 2304.03208; the Cerebras Model Zoo
 configuration Cerebras_GPT/111m.yaml): AdamW with betas (0.9, 0.95), eps 1e-8, weight decay 0.1,
@@ -34,6 +39,16 @@ def decays(t: TensorType) -> bool:
     return t.rank >= 2
 
 
+@dataclass(frozen=True)
+class Gradient:
+    """A parameter's gradient as the update sees it: `scale`·`raw` (scale an f32 scalar, the
+    clipping factor, or None for 1), and `squared` = raw² (computed once, for the norm)."""
+
+    raw: Value
+    squared: Value
+    scale: Value | None
+
+
 class Optimizer(ABC):
     """An update rule: the new parameter and state from the parameter, its gradient and state."""
 
@@ -50,7 +65,7 @@ class Optimizer(ABC):
         self,
         g: Graph,
         param: Value,
-        grad: Value,
+        grad: Gradient,
         state: Sequence[Value],
         lr: Value,
         step: Value,
@@ -75,6 +90,14 @@ class Optimizer(ABC):
 def _f32(g: Graph, scalar: Value) -> Value:
     """An f64 scalar rounded to f32, as torch rounds a Python float meeting an f32 tensor."""
     return g.call("cast", scalar, dtype="f32")
+
+
+def _times(g: Graph, value: float, scale: Value | None, power: int = 1) -> Value:
+    """The f32 scalar value·scale^power (just value without a scale)."""
+    out = g.constant(value, "f32")
+    for _ in range(power if scale is not None else 0):
+        out = g.call("mul", out, scale)
+    return out
 
 
 @dataclass(frozen=True)
@@ -103,29 +126,34 @@ class AdamW(Optimizer):
         def f64(v: float) -> Value:
             return g.constant(v, "f64")
 
-        def f32(v: float) -> Value:
-            return g.constant(v, "f32")
-
         # torch: step_t += 1; bias_correction = 1 - beta ** step, in Python floats
         count = g.call("cast", g.call("add", step, g.constant(1, "i64")), dtype="f64")
         correction1 = g.call("sub", f64(1.0), g.call("pow", f64(b1), count))
-        correction2 = g.call("sub", f64(1.0), g.call("pow", f64(b2), count))
+        root2 = g.call("sqrt", g.call("sub", f64(1.0), g.call("pow", f64(b2), count)))
+        # exp_avg.lerp_(c·g, 1 - beta1) = beta1·exp_avg + ((1 - beta1)·c)·g
+        exp_avg = g.call(
+            "add",
+            g.call("mul", exp_avg, g.constant(b1, "f32")),
+            g.call("mul", grad.raw, _times(g, 1 - b1, grad.scale)),
+        )
+        # exp_avg_sq.mul_(beta2).addcmul_(c·g, c·g, value=1 - beta2)
+        exp_avg_sq = g.call(
+            "add",
+            g.call("mul", exp_avg_sq, g.constant(b2, "f32")),
+            g.call("mul", grad.squared, _times(g, 1 - b2, grad.scale, power=2)),
+        )
+        # (exp_avg_sq.sqrt() / √bc2 + eps) · √bc2 = exp_avg_sq.sqrt() + eps·√bc2
+        denom = g.call(
+            "add", g.call("sqrt", exp_avg_sq), _f32(g, g.call("mul", root2, f64(self.eps)))
+        )
+        # param.mul_(1 - lr·weight_decay).addcdiv_(exp_avg, denom, value=-lr/bc1), with the
+        # √bc2 taken out of denom moved into the step size
+        step_size = _f32(g, g.call("div", g.call("mul", lr, root2), correction1))
+        change = g.call("mul", g.call("div", exp_avg, denom), step_size)
         if self.weight_decay and decays(param.type):
-            # param.mul_(1 - lr * weight_decay)
             keep = g.call("sub", f64(1.0), g.call("mul", lr, f64(self.weight_decay)))
             param = g.call("mul", param, _f32(g, keep))
-        # exp_avg.lerp_(grad, 1 - beta1): self + weight * (end - self) for a weight below 0.5
-        exp_avg = g.call("add", exp_avg, g.call("mul", f32(1 - b1), g.call("sub", grad, exp_avg)))
-        # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        squares = g.call("mul", g.call("mul", f32(1 - b2), grad), grad)
-        exp_avg_sq = g.call("add", g.call("mul", exp_avg_sq, f32(b2)), squares)
-        # denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)
-        root = g.call("div", g.call("sqrt", exp_avg_sq), _f32(g, g.call("sqrt", correction2)))
-        denom = g.call("add", root, f32(self.eps))
-        # param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
-        step_size = _f32(g, g.call("neg", g.call("div", lr, correction1)))
-        param = g.call("add", param, g.call("div", g.call("mul", step_size, exp_avg), denom))
-        return param, [exp_avg, exp_avg_sq]
+        return g.call("sub", param, change), [exp_avg, exp_avg_sq]
 
     def to_torch(self, groups: list[dict]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps)
@@ -152,23 +180,22 @@ class SGD(Optimizer):
         return ("momentum_buffer",) if self.momentum else ()
 
     def update(self, g, param, grad, state, lr, step):
+        d = grad.raw if grad.scale is None else g.call("mul", grad.raw, grad.scale)
         if self.weight_decay and decays(param.type):
             # grad = grad.add(param, alpha=weight_decay)
-            decay = g.call("mul", param, g.constant(self.weight_decay, "f32"))
-            grad = g.call("add", grad, decay)
+            d = g.call("add", d, g.call("mul", param, g.constant(self.weight_decay, "f32")))
         new_state = []
         if self.momentum:
             # buf.mul_(momentum).add_(grad); the first step's buf = grad is the same from zeros
             (buf,) = state
-            buf = g.call("add", g.call("mul", buf, g.constant(self.momentum, "f32")), grad)
+            buf = g.call("add", g.call("mul", buf, g.constant(self.momentum, "f32")), d)
             new_state.append(buf)
             if self.nesterov:
-                grad = g.call("add", grad, g.call("mul", buf, g.constant(self.momentum, "f32")))
+                d = g.call("add", d, g.call("mul", buf, g.constant(self.momentum, "f32")))
             else:
-                grad = buf
+                d = buf
         # param.add_(grad, alpha=-lr)
-        rate = _f32(g, g.call("neg", lr))
-        return g.call("add", param, g.call("mul", grad, rate)), new_state
+        return g.call("sub", param, g.call("mul", d, _f32(g, lr))), new_state
 
     def to_torch(self, groups: list[dict]) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)
@@ -179,27 +206,20 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {"adamw": AdamW, "sgd": SGD}
 
 def clip_grad_norm(
     g: Graph, grads: Sequence[Value], max_norm: float | None
-) -> tuple[list[Value], Value]:
-    """Scale gradients so their global 2-norm is at most `max_norm` (None: leave them); returns
-    them with the norm before clipping, as torch.nn.utils.clip_grad_norm_ does."""
-    squares = []
-    for grad in grads:
-        norm = g.call(
-            "sqrt",
-            g.call("reduce_sum", g.call("mul", grad, grad), axes=list(range(grad.type.rank))),
+) -> tuple[list[Gradient], Value]:
+    """The gradients with the factor that clips their global 2-norm to `max_norm` (None: no
+    clipping), and that norm before clipping, as torch.nn.utils.clip_grad_norm_ computes them:
+    the norm of the per-tensor norms, clip_coef = max_norm / (norm + 1e-6) clamped to 1."""
+    squared = [g.call("mul", grad, grad) for grad in grads]
+    parts = []
+    for grad, square in zip(grads, squared, strict=True):
+        norm = g.call("sqrt", g.call("reduce_sum", square, axes=list(range(grad.type.rank))))
+        parts.append(g.call("reshape", g.call("mul", norm, norm), shape=[1]))
+    total = g.call("sqrt", g.call("reduce_sum", g.call("concat", *parts, axis=0), axes=[0]))
+    scale = None
+    if max_norm is not None:
+        coef = g.call(
+            "div", g.constant(max_norm, "f32"), g.call("add", total, g.constant(1e-6, "f32"))
         )
-        squares.append(g.call("mul", norm, norm))
-    total = g.call(
-        "sqrt",
-        g.call(
-            "reduce_sum",
-            g.call("concat", *(g.call("reshape", s, shape=[1]) for s in squares), axis=0),
-            axes=[0],
-        ),
-    )
-    if max_norm is None:
-        return list(grads), total
-    # clip_coef = max_norm / (total_norm + 1e-6), clamped to 1 and applied unconditionally
-    coef = g.call("div", g.constant(max_norm, "f32"), g.call("add", total, g.constant(1e-6, "f32")))
-    coef = g.call("minimum", coef, g.constant(1.0, "f32"))
-    return [g.call("mul", grad, coef) for grad in grads], total
+        scale = g.call("minimum", coef, g.constant(1.0, "f32"))
+    return [Gradient(grad, sq, scale) for grad, sq in zip(grads, squared, strict=True)], total

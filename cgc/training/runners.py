@@ -44,7 +44,13 @@ class InterpreterSession:
         self.graph = step_graph
         self.eval_graph = eval_graph
         self.pairs = carried(step_graph)
-        self.state = {x: state[x].detach().clone() for x in self.pairs}
+        types = {v.name: v.type for v in step_graph.inputs}
+        self.state = {
+            x: state[x].detach().clone()
+            if x in state
+            else torch.zeros(types[x].shape, dtype=types[x].torch_dtype)
+            for x in self.pairs
+        }
         self._scalars = [v.name for v in step_graph.outputs if v.type.rank == 0]
 
     def _run(self, graph: Graph, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -80,7 +86,8 @@ def open_session(
     *,
     threads: int | None = None,
 ) -> StepSession:
-    """A session running `step_graph` on `backend` ("interpreter" or "onnxruntime")."""
+    """A session running `step_graph` on `backend` ("interpreter" or "onnxruntime"), starting
+    from `state`; carried inputs missing from it (optimizer state) start at zero."""
     if backend == INTERPRETER:
         return InterpreterSession(step_graph, state, eval_graph)
     if backend == "onnxruntime":

@@ -97,10 +97,10 @@ def add_update(
 ) -> list[Value]:
     """Append state inputs and the update of every parameter; returns the outputs
     [grad_norm, lr, new.P ..., new.<state>.P ...]."""
-    clipped, norm = clip_grad_norm(g, list(grads.values()), max_grad_norm)
+    gradients, norm = clip_grad_norm(g, list(grads.values()), max_grad_norm)
     lr = g.call("mul", g.constant(optimizer.lr, "f64"), schedule.build(g, step))
     new_params, new_state = [], []
-    for (name, param), grad in zip(params.items(), clipped, strict=True):
+    for (name, param), grad in zip(params.items(), gradients, strict=True):
         state = [g.add_input(state_name(s, name), param.type) for s in optimizer.state_names()]
         updated, updated_state = optimizer.update(g, param, grad, state, lr, step)
         new_params.append(_named(g, updated, NEW + name))

@@ -38,20 +38,22 @@ def rng_seed(seed: int, step: int) -> int:
 
 @dataclass
 class TrainingGraphs:
-    """The compiled step, the evaluation graph (the loss alone), and the starting weights."""
+    """The compiled step, the evaluation graph (the loss alone), and the starting weights.
+
+    `initial` refers to the model's own tensors (no copy): a session copies them into its
+    buffers, and optimizer state it is not given starts at zero there, so a 111M model is not
+    held three times while its session starts.
+    """
 
     step: Graph
     eval: Graph
-    params: dict[str, torch.Tensor]  # the trainable parameters' initial values, by input name
+    trained: list[str]  # the trainable parameters, as step inputs
+    initial: dict[str, torch.Tensor]  # their values before the first step
     pipeline: list[str] = field(default_factory=list)  # every pass that ran, as written
 
-    def initial_state(self, optimizer: Optimizer) -> dict[str, torch.Tensor]:
-        """Parameters as given and optimizer state at zero: the state of step 0."""
-        state = dict(self.params)
-        for v in self.step.inputs:
-            if v.name in carried(self.step) and v.name not in state:
-                state[v.name] = torch.zeros(v.shape, dtype=v.type.torch_dtype)
-        return state
+    def optimizer_state(self) -> list[str]:
+        """The inputs holding optimizer state."""
+        return [x for x in carried(self.step) if x not in self.trained]
 
 
 def select_loss(graph: Graph, *, own_loss: bool) -> None:
@@ -124,8 +126,8 @@ def training_graphs(
     missing = [n for n in trained if weights[n] is None or weights[n].is_meta]
     if missing:
         raise ModelError(f"parameter {missing[0]} has no data (meta weights): load real weights")
-    params = {n: weights[n].detach().clone() for n in trained}
-    return TrainingGraphs(graph, eval_graph, params, [repr(p) for p in passes])
+    initial = {n: weights[n].detach() for n in trained}
+    return TrainingGraphs(graph, eval_graph, trained, initial, [repr(p) for p in passes])
 
 
 def _without_dropout(graph: Graph) -> Graph:
@@ -189,7 +191,7 @@ class Trainer:
     def params(self) -> dict[str, torch.Tensor]:
         """Copies of the trainable parameters, by name."""
         state = self.session.state_dict()
-        return {n: state[n] for n in self.graphs.params}
+        return {n: state[n] for n in self.graphs.trained}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Parameters, optimizer state (`exp_avg.<param>`, ...) and `step`, as tensors."""
@@ -209,7 +211,7 @@ class Trainer:
         """Write a checkpoint folder atomically: the weights, the optimizer state, and
         trainer_state.json (step and seed, and `state`); a copy of `tokenizer` beside them."""
         live = self.session.state_dict()
-        params = {n: live.pop(n) for n in self.graphs.params}
+        params = {n: live.pop(n) for n in self.graphs.trained}
         trainer_state = {"step": self.steps, "seed": self.seed, **(state or {})}
         return write_checkpoint(
             Path(folder), lambda f: self.save_model(params, f), live, trainer_state, tokenizer
@@ -250,9 +252,8 @@ def compile_train(
     batch_names = [v.name for v in graph.inputs if v.name != RNG_SEED]
     select_loss(graph, own_loss=len(batch) > 1)
     graphs = training_graphs(graph, optimizer, schedule, max_grad_norm, pipeline=pipeline)
-    session = open_session(
-        backend, graphs.step, graphs.initial_state(optimizer), graphs.eval, threads=threads
-    )
+    session = open_session(backend, graphs.step, graphs.initial, graphs.eval, threads=threads)
+    graphs.initial = {}
     return Trainer(
         graphs, session, batch_names, optimizer, seed=seed, save_model=model_saver(module)
     )
