@@ -7,7 +7,9 @@ on the same batch (1 x 128 token ids, next-token cross-entropy over 127 position
 --threads intra-op threads, each in a subprocess of its own so that peak RSS (ru_maxrss) is the
 system's. Reported: the first step (for cgc: trace, passes, autodiff, lowering, session and the
 step; for torch.compile its compilation; for ORT training export, artifact generation and
-session set-up), the median of the steps after it, and the peak RSS.
+session set-up), the median of the steps after it, and the peak RSS. After every system has
+taken its first step, the processes take steps in turn, round after round, one at a time, so a
+change in machine load hits all of them alike (the machine is shared).
 
 ONNX Runtime's training build cannot share an environment with the inference package cgc
 uses (both install `onnxruntime`), so it runs in a separate venv, made once with
@@ -41,6 +43,7 @@ from pathlib import Path  # noqa: E402
 MODEL = "cerebras-gpt-111m"
 BATCH, SEQ = 1, 128
 SYSTEMS = ("eager", "torch.compile", "cgc", "ort-training")
+PAUSE = 0.2  # seconds before each timed step: ORT's worker threads spin a while after a run
 
 
 def _batch():
@@ -58,7 +61,7 @@ def _loss(logits, ids):
     )
 
 
-def _torch_steps(steps: int, compiled: bool) -> tuple[float, list[float]]:
+def _torch_steps(compiled: bool):
     import torch
 
     from cgc import models
@@ -82,16 +85,10 @@ def _torch_steps(steps: int, compiled: bool) -> tuple[float, list[float]]:
         step = torch.compile(step)
     began = time.perf_counter()
     step()
-    first = time.perf_counter() - began
-    times = []
-    for _ in range(steps):
-        began = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - began)
-    return first, times
+    return time.perf_counter() - began, step
 
 
-def _cgc_steps(steps: int, threads: int) -> tuple[float, list[float]]:
+def _cgc_steps(threads: int):
     import cgc
     from cgc import models
 
@@ -101,16 +98,10 @@ def _cgc_steps(steps: int, threads: int) -> tuple[float, list[float]]:
     trainer = cgc.compile_train(module, ids, cgc.AdamW(), threads=threads)
     del module  # the session holds the weights now
     trainer.step(ids)
-    first = time.perf_counter() - began
-    times = []
-    for _ in range(steps):
-        began = time.perf_counter()
-        trainer.step(ids)
-        times.append(time.perf_counter() - began)
-    return first, times
+    return time.perf_counter() - began, lambda: trainer.step(ids)
 
 
-def _ort_training_steps(steps: int, threads: int) -> tuple[float, list[float]]:
+def _ort_training_steps(threads: int):
     import onnx
     import onnxruntime as ort
     import torch
@@ -163,28 +154,31 @@ def _ort_training_steps(steps: int, threads: int) -> tuple[float, list[float]]:
         return float(loss)
 
     step()
-    first = time.perf_counter() - began
-    times = []
-    for _ in range(steps):
-        began = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - began)
-    return first, times
+    return time.perf_counter() - began, step
 
 
-def _run_one(system: str, steps: int, threads: int) -> dict:
+def _serve(system: str, threads: int) -> None:
+    """Set `system` up, report its first step, then time one step per line read from stdin
+    (an empty line ends it with the peak RSS)."""
     import torch
 
     torch.set_num_threads(threads)
     if system == "cgc":
-        first, times = _cgc_steps(steps, threads)
+        first, step = _cgc_steps(threads)
     elif system == "ort-training":
-        first, times = _ort_training_steps(steps, threads)
+        first, step = _ort_training_steps(threads)
     else:
-        first, times = _torch_steps(steps, compiled=system == "torch.compile")
+        first, step = _torch_steps(compiled=system == "torch.compile")
+    print(json.dumps({"first": first}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        time.sleep(PAUSE)
+        began = time.perf_counter()
+        step()
+        print(json.dumps({"step": time.perf_counter() - began}), flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    return {"system": system, "first": first, "step": statistics.median(times), "rss": rss,
-            "steps": times}  # fmt: skip
+    print(json.dumps({"rss": rss}), flush=True)
 
 
 def main() -> None:
@@ -195,12 +189,12 @@ def main() -> None:
     parser.add_argument(
         "--ort-training-python", type=Path, default=Path("venv-ort-training/bin/python")
     )
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # run one system (a subprocess)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)  # a system's worker process
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(_run_one(args.one, args.steps, args.threads)))
+    if args.serve:
+        _serve(args.serve, args.threads)
         return
-    rows = []
+    workers, first = {}, {}
     for system in args.systems.split(","):
         python = sys.executable
         if system == "ort-training":
@@ -208,23 +202,35 @@ def main() -> None:
                 print(f"{system}: skipped, no {args.ort_training_python} (see the docstring)")
                 continue
             python = str(args.ort_training_python)
-        print(f"{system} ...", file=sys.stderr, flush=True)
-        command = [python, __file__, "--one", system, "--steps", str(args.steps)]
-        command += ["--threads", str(args.threads)]
-        out = subprocess.run(command, capture_output=True, text=True, check=False)
-        if out.returncode:
-            print(f"{system}: failed\n{out.stderr[-2000:]}")
+        print(f"{system}: first step ...", file=sys.stderr, flush=True)
+        command = [python, __file__, "--serve", system, "--threads", str(args.threads)]
+        worker = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        line = worker.stdout.readline()  # the others wait: set-up is timed alone
+        if not line:
+            print(f"{system}: failed (exit {worker.wait()})")
             continue
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    eager = next((r for r in rows if r["system"] == "eager"), None)
-    how = f"AdamW, {args.threads} threads, median of {args.steps} steps"
+        workers[system], first[system] = worker, json.loads(line)["first"]
+    times: dict[str, list[float]] = {s: [] for s in workers}
+    for i in range(args.steps):
+        print(f"round {i + 1}/{args.steps}", file=sys.stderr, flush=True)
+        for system, worker in workers.items():
+            worker.stdin.write("step\n")
+            times[system].append(json.loads(worker.stdout.readline())["step"])
+    rss = {}
+    for system, worker in workers.items():
+        worker.stdin.write("\n")
+        rss[system] = json.loads(worker.stdout.readline())["rss"]
+        worker.wait()
+    median = {s: statistics.median(t) for s, t in times.items()}
+    eager = median.get("eager")
+    how = f"AdamW, {args.threads} threads, median of {args.steps} rounds"
     print(f"\n{MODEL}, batch {BATCH} x {SEQ}, {how}")
     print(f"{'system':<14} {'step s':>8} {'x eager':>8} {'first step s':>13} {'peak RSS GiB':>13}")
-    for r in rows:
-        ratio = f"{r['step'] / eager['step']:.2f}" if eager else "-"
-        print(
-            f"{r['system']:<14} {r['step']:>8.3f} {ratio:>8} {r['first']:>13.1f} {r['rss']:>13.2f}"
-        )
+    for s in workers:
+        ratio = f"{median[s] / eager:.2f}" if eager else "-"
+        print(f"{s:<14} {median[s]:>8.3f} {ratio:>8} {first[s]:>13.1f} {rss[s]:>13.2f}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ The updates compute what torch's single-tensor implementations do (torch.optim.S
 CPU after torch.nn.utils.clip_grad_norm_), equal to fp32 rounding, with as few passes over the
 parameters as that allows, since a backend runs each elementwise op as one pass over memory:
 the clipping factor is not applied to the gradient but folded into the scalars that multiply
-it, the squared gradient the norm needs is the one AdamW's second moment uses, and the bias
-corrections are folded into the step size and epsilon: AdamW with clipping and weight decay
-makes 14 passes per parameter, the norm's two included, where torch's sequence makes 17.
+it, and the bias corrections into the step size and epsilon: AdamW with clipping and weight
+decay makes 15 passes per parameter, the norm's two included, where torch's sequence makes 17.
+(The squared gradients are not kept from the norm for the second moment: that would hold a
+second copy of every gradient until the norm is known.)
 Scalars that torch keeps as Python floats (learning rate, bias corrections) are computed in f64
 and rounded to f32 where they meet an f32 tensor. The step input is the number of steps taken
 before this one; torch's own counter is one more.
@@ -41,11 +42,10 @@ def decays(t: TensorType) -> bool:
 
 @dataclass(frozen=True)
 class Gradient:
-    """A parameter's gradient as the update sees it: `scale`·`raw` (scale an f32 scalar, the
-    clipping factor, or None for 1), and `squared` = raw² (computed once, for the norm)."""
+    """A parameter's gradient as the update sees it: `scale`·`raw`, the scale an f32 scalar
+    (the clipping factor) or None for 1."""
 
     raw: Value
-    squared: Value
     scale: Value | None
 
 
@@ -140,7 +140,7 @@ class AdamW(Optimizer):
         exp_avg_sq = g.call(
             "add",
             g.call("mul", exp_avg_sq, g.constant(b2, "f32")),
-            g.call("mul", grad.squared, _times(g, 1 - b2, grad.scale, power=2)),
+            g.call("mul", g.call("mul", grad.raw, grad.raw), _times(g, 1 - b2, grad.scale, 2)),
         )
         # (exp_avg_sq.sqrt() / √bc2 + eps) · √bc2 = exp_avg_sq.sqrt() + eps·√bc2
         denom = g.call(
@@ -209,17 +209,23 @@ def clip_grad_norm(
 ) -> tuple[list[Gradient], Value]:
     """The gradients with the factor that clips their global 2-norm to `max_norm` (None: no
     clipping), and that norm before clipping, as torch.nn.utils.clip_grad_norm_ computes them:
-    the norm of the per-tensor norms, clip_coef = max_norm / (norm + 1e-6) clamped to 1."""
-    squared = [g.call("mul", grad, grad) for grad in grads]
+    the norm of the per-tensor norms, clip_coef = max_norm / (norm + 1e-6) clamped to 1.
+
+    Each sum of squares runs over the last axis first, then over the partial sums: one fp32
+    sum over a whole 38M-element embedding gradient is off by 0.3% in ONNX Runtime.
+    """
     parts = []
-    for grad, square in zip(grads, squared, strict=True):
-        norm = g.call("sqrt", g.call("reduce_sum", square, axes=list(range(grad.type.rank))))
+    for grad in grads:
+        square = g.call("mul", grad, grad)
+        if grad.type.rank > 1:
+            square = g.call("reduce_sum", square, axes=[-1])
+        total = g.call("reduce_sum", square, axes=list(range(square.type.rank)))
+        norm = g.call("sqrt", total)
         parts.append(g.call("reshape", g.call("mul", norm, norm), shape=[1]))
     total = g.call("sqrt", g.call("reduce_sum", g.call("concat", *parts, axis=0), axes=[0]))
     scale = None
     if max_norm is not None:
-        coef = g.call(
-            "div", g.constant(max_norm, "f32"), g.call("add", total, g.constant(1e-6, "f32"))
-        )
+        limit = g.constant(max_norm, "f32")
+        coef = g.call("div", limit, g.call("add", total, g.constant(1e-6, "f32")))
         scale = g.call("minimum", coef, g.constant(1.0, "f32"))
-    return [Gradient(grad, sq, scale) for grad, sq in zip(grads, squared, strict=True)], total
+    return [Gradient(grad, scale) for grad in grads], total
