@@ -40,6 +40,10 @@ _ELEMENTWISE = frozenset({"add", "sub", "mul", "div", "where", "maximum", "minim
 def _options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # A memory pattern lays every intermediate of the step out in one block planned ahead: for
+    # 111M it held 1.46 GB beyond the weights and optimizer state, against 0.53 GB allocated
+    # as needed, with no measurable difference in step time (4.47 against 4.42 s, 8 rounds).
+    options.enable_mem_pattern = False
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     return options
@@ -62,7 +66,9 @@ _NUMPY = {
 
 class OrtTrainingSession:
     """One compiled training step (and optionally its evaluation graph) with live state; the
-    carried inputs not in the initial `state` (optimizer state) start at zero."""
+    carried inputs not in the initial `state` (optimizer state) start at zero. With `in_place`
+    the tensors given are the buffers (no copy): training updates them, as torch.optim updates
+    a module's parameters."""
 
     def __init__(
         self,
@@ -71,6 +77,7 @@ class OrtTrainingSession:
         *,
         eval_graph: Graph | None = None,
         threads: int | None = None,
+        in_place: bool = False,
     ) -> None:
         self.pairs = carried(step_graph)  # X -> new.X
         graph = step_graph.copy()
@@ -82,9 +89,15 @@ class OrtTrainingSession:
         types = {v.name: v.type for v in graph.inputs}
         self.state: dict[str, ort.OrtValue] = {}
         self._spare: dict[str, ort.OrtValue] = {}  # second buffers of X not updated in place
+        self._adopted: dict[str, np.ndarray] = {}  # the caller's tensors ORT trains in place
         for x in self.pairs:  # values not given (optimizer state) start at zero
-            self.state[x] = _buffer(types[x])
-            self.state[x].numpy()[...] = state[x].detach().numpy() if x in state else 0
+            given = state[x].detach() if x in state else None
+            if in_place and given is not None and given.is_contiguous():
+                self._adopted[x] = given.numpy()
+                self.state[x] = ort.OrtValue.ortvalue_from_numpy(self._adopted[x])
+            else:
+                self.state[x] = _buffer(types[x])
+                self.state[x].numpy()[...] = given.numpy() if given is not None else 0
             if x not in self.in_place:
                 self._spare[x] = _buffer(types[x])
         self.batch_names = [v.name for v in graph.inputs if v.name not in self.pairs]

@@ -191,7 +191,10 @@ def train(
         if start >= config.steps:
             raise InputError(f"{run} has finished its {config.steps} steps; nothing to resume")
     progress(f"starting the {config.backend} session ...")
-    session = open_session(config.backend, graphs.step, state, graphs.eval, threads=threads)
+    # The model was loaded for this run alone: train its tensors rather than a copy of them.
+    session = open_session(
+        config.backend, graphs.step, state, graphs.eval, threads=threads, in_place=True
+    )
     trainer = Trainer(
         graphs, session, task.batch_names, optimizer, seed=config.seed, save_model=task.save_model
     )

@@ -39,11 +39,16 @@ class InterpreterSession:
     """Runs the step graph with the ops' reference implementations (the ground truth)."""
 
     def __init__(
-        self, step_graph: Graph, state: Mapping[str, torch.Tensor], eval_graph: Graph | None
+        self,
+        step_graph: Graph,
+        state: Mapping[str, torch.Tensor],
+        eval_graph: Graph | None,
+        in_place: bool = False,
     ) -> None:
         self.graph = step_graph
         self.eval_graph = eval_graph
         self.pairs = carried(step_graph)
+        self._given = {x: t for x, t in state.items() if x in self.pairs} if in_place else {}
         types = {v.name: v.type for v in step_graph.inputs}
         self.state = {
             x: state[x].detach().clone()
@@ -64,6 +69,9 @@ class InterpreterSession:
     def step(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, float]:
         outputs = self._run(self.graph, inputs)
         self.state = {x: outputs[new] for x, new in self.pairs.items()}
+        with torch.no_grad():
+            for x, tensor in self._given.items():
+                tensor.copy_(self.state[x])
         return {name: float(outputs[name]) for name in self._scalars}
 
     def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -85,13 +93,17 @@ def open_session(
     eval_graph: Graph | None = None,
     *,
     threads: int | None = None,
+    in_place: bool = False,
 ) -> StepSession:
     """A session running `step_graph` on `backend` ("interpreter" or "onnxruntime"), starting
-    from `state`; carried inputs missing from it (optimizer state) start at zero."""
+    from `state`; carried inputs missing from it (optimizer state) start at zero. With
+    `in_place` the tensors of `state` follow the training (ORT updates them as its buffers)."""
     if backend == INTERPRETER:
-        return InterpreterSession(step_graph, state, eval_graph)
+        return InterpreterSession(step_graph, state, eval_graph, in_place)
     if backend == "onnxruntime":
         from cgc.backends.onnxruntime.training import OrtTrainingSession
 
-        return OrtTrainingSession(step_graph, state, eval_graph=eval_graph, threads=threads)
+        return OrtTrainingSession(
+            step_graph, state, eval_graph=eval_graph, threads=threads, in_place=in_place
+        )
     raise InputError(f"unknown training backend {backend!r}; choose from {', '.join(BACKENDS)}")

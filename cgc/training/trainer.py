@@ -229,6 +229,7 @@ def compile_train(
     pipeline: str = "default",
     seed: int = 0,
     threads: int | None = None,
+    in_place: bool = False,
 ) -> Trainer:
     """Compile `module`'s training step for `backend` ("onnxruntime" or "interpreter").
 
@@ -236,6 +237,8 @@ def compile_train(
     loss is trained on it; one returning logits on the next-token cross-entropy of its input
     ids (position t predicts token t + 1, as Hugging Face's labels=input_ids). The schedule
     defaults to a constant learning rate, the optimizer to AdamW with Cerebras-GPT's settings.
+    `in_place` trains the module's own parameter tensors, as torch.optim would, instead of a
+    copy of them (one copy of the weights less in memory).
     """
     from cgc import driver
 
@@ -252,7 +255,9 @@ def compile_train(
     batch_names = [v.name for v in graph.inputs if v.name != RNG_SEED]
     select_loss(graph, own_loss=len(batch) > 1)
     graphs = training_graphs(graph, optimizer, schedule, max_grad_norm, pipeline=pipeline)
-    session = open_session(backend, graphs.step, graphs.initial, graphs.eval, threads=threads)
+    session = open_session(
+        backend, graphs.step, graphs.initial, graphs.eval, threads=threads, in_place=in_place
+    )
     graphs.initial = {}
     return Trainer(
         graphs, session, batch_names, optimizer, seed=seed, save_model=model_saver(module)

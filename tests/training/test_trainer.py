@@ -86,6 +86,18 @@ def test_state_dict_round_trip_and_a_checkpoint_transformers_loads(tmp_path) -> 
     )
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "interpreter"])
+def test_in_place_training_updates_the_module_as_torch_optim_does(backend: str) -> None:
+    module = models.build("tiny-111m")
+    before = module.transformer.h[0].mlp.c_fc.weight.detach().clone()
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(2))
+    trainer = cgc.compile_train(module, ids, backend=backend, in_place=True)
+    trainer.step(ids)
+    after = module.transformer.h[0].mlp.c_fc.weight.detach()
+    assert not torch.equal(after, before)
+    assert torch.equal(after, trainer.params()["transformer.h.0.mlp.c_fc.weight"])
+
+
 class _NoParameters(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
