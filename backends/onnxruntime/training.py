@@ -52,11 +52,6 @@ def _options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def _buffer(t: TensorType) -> ort.OrtValue:
-    """An ORT-allocated CPU tensor of type `t` (uninitialised)."""
-    return ort.OrtValue.ortvalue_from_shape_and_type(list(t.shape), _NUMPY[t.dtype])
-
-
 _NUMPY = {
     "f64": np.float64,
     "f32": np.float32,
@@ -71,7 +66,12 @@ class OrtTrainingSession:
     """One compiled training step (and optionally its evaluation graph) with live state; the
     carried inputs not in the initial `state` (optimizer state) start at zero. With `in_place`
     the tensors given are the buffers (no copy): training updates them, as torch.optim updates
-    a module's parameters."""
+    a module's parameters.
+
+    Each carried value has one block of memory (two where it cannot be updated in place), seen
+    by ORT in the shape the model declares for the input and for the output: flat [chunks,
+    chunk] where a chunked update reads or writes it (cgc.backends.onnxruntime.chunked).
+    """
 
     def __init__(
         self,
@@ -88,36 +88,48 @@ class OrtTrainingSession:
         self.in_place = _in_place(graph, self.pairs, barrier)
         self._scratch = tempfile.TemporaryDirectory(prefix="cgc-train-")
         folder = Path(self._scratch.name)
-        self.session = _session(graph, folder / "step.onnx", threads)
+        self.session = _session(graph, folder / "step.onnx", threads, chunked=True)
+        declared = {a.name: a.shape for a in self.session.get_inputs()}
+        declared |= {a.name: a.shape for a in self.session.get_outputs()}
         types = {v.name: v.type for v in graph.inputs}
-        self.state: dict[str, ort.OrtValue] = {}
-        self._spare: dict[str, ort.OrtValue] = {}  # second buffers of X not updated in place
-        self._adopted: dict[str, np.ndarray] = {}  # the caller's tensors ORT trains in place
+        self._owned: list[ort.OrtValue] = []  # ORT-allocated blocks (kept alive)
+        self.memory: dict[str, np.ndarray] = {}  # the current value of each carried input
+        self._spare: dict[str, np.ndarray] = {}  # second blocks of X not updated in place
         for x in self.pairs:  # values not given (optimizer state) start at zero
             given = state[x].detach() if x in state else None
             if in_place and given is not None and given.is_contiguous():
-                self._adopted[x] = given.numpy()
-                self.state[x] = ort.OrtValue.ortvalue_from_numpy(self._adopted[x])
+                self.memory[x] = given.numpy()
             else:
-                self.state[x] = _buffer(types[x])
-                self.state[x].numpy()[...] = given.numpy() if given is not None else 0
+                self.memory[x] = self._block(types[x])
+                self.memory[x][...] = given.numpy() if given is not None else 0
             if x not in self.in_place:
-                self._spare[x] = _buffer(types[x])
+                self._spare[x] = self._block(types[x])
+        self._shapes = {x: (declared[x], declared[new]) for x, new in self.pairs.items()}
         self.batch_names = [v.name for v in graph.inputs if v.name not in self.pairs]
         self.binding = self.session.io_binding()
-        self._scalars = {v.name: _buffer(v.type) for v in graph.outputs if v.type.rank == 0}
-        for name, value in self._scalars.items():
-            self.binding.bind_ortvalue_output(name, value)
+        self._scalars = {}
+        for v in graph.outputs:
+            if v.type.rank == 0:
+                self._scalars[v.name] = self._block(v.type)
+                self.binding.bind_ortvalue_output(v.name, _view(self._scalars[v.name], []))
         self._bind_state()
         self.eval_session = None
         if eval_graph is not None:
             self.eval_session = _session(eval_graph, folder / "eval.onnx", threads)
             self.eval_inputs = [v.name for v in eval_graph.inputs]
 
+    def _block(self, t: TensorType) -> np.ndarray:
+        """ORT-allocated memory for a value of type `t`, as a numpy view of it."""
+        value = ort.OrtValue.ortvalue_from_shape_and_type(list(t.shape), _NUMPY[t.dtype])
+        self._owned.append(value)
+        return value.numpy()
+
     def _bind_state(self) -> None:
         for x, new_x in self.pairs.items():
-            self.binding.bind_ortvalue_input(x, self.state[x])
-            self.binding.bind_ortvalue_output(new_x, self._spare.get(x, self.state[x]))
+            read, write = self._shapes[x]
+            self.binding.bind_ortvalue_input(x, _view(self.memory[x], read))
+            target = self._spare.get(x, self.memory[x])
+            self.binding.bind_ortvalue_output(new_x, _view(target, write))
 
     def step(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Run one step on the batch inputs and `step`; returns the scalar outputs."""
@@ -127,21 +139,19 @@ class OrtTrainingSession:
         self.session.run_with_iobinding(self.binding)
         if self._spare:
             for x in self._spare:
-                self.state[x], self._spare[x] = self._spare[x], self.state[x]
+                self.memory[x], self._spare[x] = self._spare[x], self.memory[x]
             self._bind_state()
-        return {name: float(value.numpy()) for name, value in self._scalars.items()}
+        return {name: float(value) for name, value in self._scalars.items()}
 
     def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         """The evaluation graph's outputs on the current parameters and these batch inputs."""
         if self.eval_session is None:
             raise InputError("this training session was built without an evaluation graph")
         binding = self.eval_session.io_binding()
-        arrays = _arrays(inputs, [n for n in self.eval_inputs if n not in self.state])
+        arrays = _arrays(inputs, [n for n in self.eval_inputs if n not in self.memory])
         for name in self.eval_inputs:
-            if name in self.state:
-                binding.bind_ortvalue_input(name, self.state[name])
-            else:
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arrays[name]))
+            array = self.memory.get(name, arrays.get(name))
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
         for out in self.eval_session.get_outputs():
             binding.bind_output(out.name)
         self.eval_session.run_with_iobinding(binding)
@@ -149,12 +159,17 @@ class OrtTrainingSession:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Copies of the parameters and optimizer state, by input name."""
-        return {x: torch.from_numpy(v.numpy().copy()) for x, v in self.state.items()}
+        return {x: torch.from_numpy(m.copy()) for x, m in self.memory.items()}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Overwrite the live parameters and optimizer state."""
-        for x, value in self.state.items():
-            value.numpy()[...] = state[x].detach().numpy()
+        for x, memory in self.memory.items():
+            memory[...] = state[x].detach().numpy()
+
+
+def _view(memory: np.ndarray, shape: list[int]) -> ort.OrtValue:
+    """An OrtValue over `memory` (no copy) in the declared `shape`."""
+    return ort.OrtValue.ortvalue_from_numpy(memory.reshape(shape))
 
 
 def _arrays(inputs: Mapping[str, torch.Tensor], names: list[str]) -> dict[str, np.ndarray]:
@@ -171,8 +186,10 @@ def _arrays(inputs: Mapping[str, torch.Tensor], names: list[str]) -> dict[str, n
 _DISABLED = ["EmbedLayerNormFusion"]
 
 
-def _session(graph: Graph, path: Path, threads: int | None) -> ort.InferenceSession:
-    to_onnx(graph, path)
+def _session(
+    graph: Graph, path: Path, threads: int | None, *, chunked: bool = False
+) -> ort.InferenceSession:
+    to_onnx(graph, path, chunked=chunked)
     return ort.InferenceSession(
         str(path),
         _options(threads),
