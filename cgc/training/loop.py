@@ -58,7 +58,7 @@ class RunConfig:
     """The options of a run (what `cgc train` takes besides MODEL and --data)."""
 
     steps: int = 100
-    batch: int = 4
+    batch: int = 2
     seq_len: int = 128
     lr: float = LR
     warmup: int | None = None  # [steps · 1525/9037, Cerebras-GPT 111M's share]
