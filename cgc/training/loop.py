@@ -39,7 +39,7 @@ from cgc.training.metrics import MetricsLog, plot, read_metrics
 from cgc.training.optim import LR, MAX_GRAD_NORM, OPTIMIZERS, Optimizer
 from cgc.training.runners import BACKENDS, open_session
 from cgc.training.schedule import FLOOR, KINDS, WARMUP_SHARE, Schedule
-from cgc.training.task import load_task
+from cgc.training.task import Feed, load_task
 from cgc.training.trainer import Trainer, training_graphs
 
 # Options that change the losses of a run; a resumed run must keep them.
@@ -267,7 +267,7 @@ def _loop(
     run: Path,
     config: RunConfig,
     trainer: Trainer,
-    feed,
+    feed: Feed,
     windows: Windows,
     start: int,
     position: int,
@@ -280,10 +280,8 @@ def _loop(
     def validate() -> float:
         return sum(trainer.evaluate(*feed(b)) for b in val) / len(val)
 
-    val_losses = []
     if start == 0:
-        val_losses.append((0, validate()))
-        metrics.write({"step": 0, "val_loss": val_losses[-1][1]})
+        metrics.write({"step": 0, "val_loss": validate()})
     tokens = config.batch * config.seq_len
     saved = checkpoints(run)
     last_good = saved[max(saved)] if saved else None
@@ -310,8 +308,7 @@ def _loop(
                 "tokens_per_s": tokens / seconds,
             }
             if step % config.val_every == 0 or step == config.steps:
-                val_losses.append((step, validate()))
-                record["val_loss"] = val_losses[-1][1]
+                record["val_loss"] = validate()
             metrics.write(record)
             progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / seconds:,.0f}")
             progress.update()

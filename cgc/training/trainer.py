@@ -11,7 +11,7 @@ backend's training session (or the interpreter) with the parameters and optimize
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ class TrainingGraphs:
     eval: Graph
     trained: list[str]  # the trainable parameters, as step inputs
     initial: dict[str, torch.Tensor]  # their values before the first step
-    pipeline: list[str] = field(default_factory=list)  # every pass that ran, as written
 
     def optimizer_state(self) -> list[str]:
         """The inputs holding optimizer state."""
@@ -127,7 +126,7 @@ def training_graphs(
     if missing:
         raise ModelError(f"parameter {missing[0]} has no data (meta weights): load real weights")
     initial = {n: weights[n].detach() for n in trained}
-    return TrainingGraphs(graph, eval_graph, trained, initial, [repr(p) for p in passes])
+    return TrainingGraphs(graph, eval_graph, trained, initial)
 
 
 def _without_dropout(graph: Graph) -> Graph:
