@@ -156,3 +156,42 @@ def test_the_step_graph_meets_the_debugging_switches(corpus, tmp_path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "outputs stay within tolerance after every pass" in result.stdout
+
+
+def test_a_tokenizer_json_travels_with_the_run(corpus, tmp_path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from cgc import models as cgc_models
+
+    chars = sorted(set(corpus.read_text()))
+    vocab = {c: i for i, c in enumerate(["<unk>", *chars])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.save(str(tmp_path / "tokenizer.json"))
+    out = tmp_path / "run"
+    args = [
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--seq-len",
+        "8",
+        "--tokenizer",
+        tmp_path / "tokenizer.json",
+    ]
+    result = cgc("train", "tiny-111m", "--data", corpus, *args, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert f"with the {len(vocab)}-token vocabulary of the tokenizer" in result.stderr
+    assert json.loads((out / "run.json").read_text())["tokenizer"] == "tokenizer.json"
+    assert (out / "checkpoint-000002" / "tokenizer.json").read_bytes() == (
+        tmp_path / "tokenizer.json"
+    ).read_bytes()
+    # a checkpoint's own model keeps its vocabulary: a larger tokenizer is refused
+    small = tmp_path / "small"
+    small.mkdir()
+    module = cgc_models.build("tiny-111m")
+    cgc_models.save_hf_checkpoint(module.config, dict(module.named_parameters()), small)
+    assert _error(cgc("train", small, "--data", corpus, *TINY, "-o", tmp_path / "x")) == (
+        f"error: the tokenizer (bytes) has 256 tokens but {small} embeds only 97; "
+        "use a tokenizer of at most that many"
+    )
