@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Any
 import torch
 
 from cgc.errors import InputError
+from cgc.files import staged_folder
 from cgc.ir import Graph, TensorType
 
 MANIFEST = "manifest.json"
@@ -59,9 +57,7 @@ class Artifact(ABC):
         folder = Path(folder)
         if folder.exists() and not (folder / MANIFEST).is_file():
             raise InputError(f"{folder} exists and is not a cgc artifact; choose another -o")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with staged_folder(folder) as tmp:
             known = self.write_files(tmp, progress) or {}
             (tmp / "graph.cgc").write_text(str(self.graph))
             manifest = {
@@ -78,12 +74,6 @@ class Artifact(ABC):
                 },
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
 
     def input_types(self) -> list[tuple[str, TensorType]]:

@@ -10,70 +10,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
 from cgc import driver
-from cgc.debug.node_compare import NodeReport, compare_graphs
-from cgc.debug.numerics import Comparison, compare_all
+from cgc.debug.node_compare import compare_graphs
+from cgc.debug.numerics import compare_all
+from cgc.debug.report import CheckReport, Tolerance
 from cgc.errors import CgcError, InputError, ModelError
 from cgc.ir import Graph, interpret
 
 INTERPRETER = "interpreter"
 
-
-class Tolerance(NamedTuple):
-    """An element is within tolerance when |got - ref| <= atol + rtol·|ref|."""
-
-    rtol: float
-    atol: float
-
-    def text(self) -> str:
-        """The condition, as the reports print it."""
-        return f"|got - ref| <= {self.atol:g} + {self.rtol:g}·|ref|"
-
-
-@dataclass
-class CheckReport:
-    """Per target and output: errors against the reference, and where a mismatch starts.
-
-    Each target has its own tolerance: a 16-bit wafer is held to a looser one than the fp32
-    interpreter in the same run.
-    """
-
-    model: str
-    description: str
-    reference: str
-    tolerances: dict[str, Tolerance]  # per target
-    results: dict[str, list[Comparison]] = field(default_factory=dict)
-    pipeline: str = "default"
-    seconds: dict[str, float] = field(default_factory=dict)  # compile + run, per target
-    nodes: dict[str, NodeReport] = field(default_factory=dict)  # targets out of tolerance
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for rows in self.results.values() for c in rows)
-
-    def text(self) -> str:
-        """The table, error percentiles and histograms, per-node reports, then PASS or FAIL."""
-        from cgc.debug.report import render_text
-
-        return render_text(self)
-
-    def json(self) -> str:
-        """The report as JSON (non-finite numbers as the strings "inf", "-inf", "nan")."""
-        from cgc.debug.report import render_json
-
-        return render_json(self)
-
-    def junit(self) -> str:
-        """JUnit XML: one testcase per target and output."""
-        from cgc.debug.report import render_junit
-
-        return render_junit(self)
+__all__ = ["INTERPRETER", "CheckReport", "Reference", "Tolerance", "check_model", "check_reference"]
 
 
 @dataclass

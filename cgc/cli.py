@@ -390,6 +390,13 @@ def run_cmd(
     "built-in models and checkpoints --batch x --seq-len, [32] tokens).",
 )
 @click.option(
+    "--train",
+    is_flag=True,
+    help="Compare training instead: --steps AdamW steps (loss per step, first gradients, final "
+    "parameters) against eager PyTorch; tolerance rtol·max|ref| per tensor [rtol 1e-4, atol 0].",
+)
+@click.option("--steps", type=int, default=3, show_default=True, help="Training steps (--train).")
+@click.option(
     "--json", "json_file", type=click.Path(path_type=Path), help="Also write the report as JSON."
 )
 @click.option(
@@ -412,6 +419,8 @@ def check_cmd(
     input_shape: tuple[str, ...],
     target: str | None,
     precision: str | None,
+    train: bool,
+    steps: int,
     json_file: Path | None,
     junit_file: Path | None,
     generate_tokens: int | None,
@@ -423,6 +432,24 @@ def check_cmd(
         return _check_generation(
             console, model, names, generate_tokens, rtol, atol, pipeline, batch, seq_len, seed
         )
+    if train:
+        from cgc.training.check import check_training
+
+        if target or precision or input_shape:
+            raise InputError("--target, --precision and --input-shape do not apply to --train")
+        report = check_training(
+            model,
+            names,
+            steps=steps,
+            batch=batch,
+            seq_len=seq_len,
+            seed=seed,
+            rtol=1e-4 if rtol is None else rtol,
+            atol=0.0 if atol is None else atol,
+            pipeline=pipeline,
+            progress=console.step,
+        )
+        return _report(console, report, json_file, junit_file)
     wafer = {k: v for k, v in {"target": target, "precision": precision}.items() if v}
     if wafer and "cerebras" not in names:
         raise InputError(
@@ -452,9 +479,14 @@ def check_cmd(
         input_shapes=_shapes(input_shape),
         progress=console.step,
     )
-    console.result(report.text())
+    return _report(console, report, json_file, junit_file)
+
+
+def _report(console: Console, report: Any, json_file: Path | None, junit_file: Path | None) -> int:
+    """Print a check report, write its JSON and JUnit files; the exit code."""
     from cgc.debug.report import save_report
 
+    console.result(report.text())
     if json_file:
         console.detail(f"wrote {save_report(json_file, report.json())}")
     if junit_file:
@@ -570,6 +602,94 @@ def generate_cmd(
     return 0
 
 
+@main.command(
+    "train",
+    help="Train MODEL on text: compile the whole training step (loss, backward, optimizer) "
+    "into one graph and run it, with validation, checkpoints and metrics in a run folder.\n\n"
+    f"{MODEL_HELP} A run folder is a MODEL too (its latest checkpoint).",
+)
+@click.argument("model")
+@click.option(
+    "--data",
+    required=True,
+    help="A UTF-8 text file, a folder of them, or 'stdlib' (the Python "
+    "standard library's own sources).",
+)
+@click.option("--steps", type=int, help="Optimizer steps [100].")
+@click.option("--batch", type=int, help="Windows per step [2].")
+@click.option(
+    "--seq-len", type=int, help="Tokens predicted per window (windows hold one more) [128]."
+)
+@click.option("--lr", type=float, help="Peak learning rate [6e-4, Cerebras-GPT 111M's].")
+@click.option("--warmup", type=int, help="Linear warmup steps [steps·1525/9037, as Cerebras-GPT].")
+@click.option(
+    "--schedule",
+    type=click.Choice(["linear", "cosine", "constant"]),
+    help="Decay after warmup, to --min-lr at the last step [linear].",
+)
+@click.option("--min-lr", type=float, help="Learning rate the decay ends at [lr/10].")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), help="[adamw].")
+@click.option(
+    "--weight-decay",
+    type=float,
+    help="Decoupled (AdamW) or L2 (SGD) decay of weight matrices and embeddings "
+    "[AdamW 0.1, SGD 0].",
+)
+@click.option("--momentum", type=float, help="SGD momentum [0.9].")
+@click.option("--clip", type=float, help="Global gradient-norm clipping; 0 turns it off [1.0].")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "interpreter"]),
+    help="What runs the step graph [onnxruntime].",
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Run folder [runs/MODEL].")
+@click.option("--save-every", type=int, help="Steps between checkpoints (and the last) [100].")
+@click.option("--keep", type=int, help="Checkpoints kept [2].")
+@click.option("--val-every", type=int, help="Steps between validation losses [50].")
+@click.option("--val-batches", type=int, help="Batches of held-out windows per validation [8].")
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    help="Continue RUN_DIR from its latest checkpoint (or a checkpoint folder in it).",
+)
+@click.option("--tokenizer", help="'bytes' or a Hugging Face tokenizer.json [bytes].")
+@click.option("--seed", type=int, help="Weights, data order and dropout seed [0].")
+@click.option("--threads", type=int, callback=_positive, help="CPU threads [all].")
+@debug_flags
+@_common
+def train_cmd(
+    console: Console,
+    model: str,
+    data: str,
+    output: Path | None,
+    resume: Path | None,
+    threads: int | None,
+    debug_options: DebugOptions,
+    **given: Any,
+) -> int:
+    from cgc.training.loop import train
+
+    result = train(
+        model,
+        data,
+        given,
+        output=output,
+        resume=resume,
+        debug=debug_options,
+        threads=threads,
+        progress=console.step,
+        bar=not console.quiet,
+    )
+    (first_step, first), (last_step, last) = result.val_losses[0], result.val_losses[-1]
+    console.result(
+        f"{result.folder}: {result.steps} steps, loss {result.loss:.4f}; validation loss "
+        f"{first:.4f} (step {first_step}) -> {last:.4f} (step {last_step})\n"
+        f"checkpoint: {result.checkpoint}; metrics: {result.folder / 'metrics.jsonl'}, "
+        f"{result.folder / 'loss.png'}"
+    )
+    return 0
+
+
 def _check_generation(
     console: Console,
     model: str,
@@ -669,6 +789,13 @@ def opt_cmd(
     "[eager; ir for .cgc files].",
 )
 @click.option("--weights", type=click.Path(path_type=Path), help="Parameter data of a .cgc MODEL.")
+@click.option(
+    "--inputs",
+    "inputs_file",
+    type=click.Path(path_type=Path),
+    help="Inputs of a .cgc MODEL (.safetensors by input name) [seeded random], e.g. the first "
+    "step's inputs that `cgc train --dump-dir` writes.",
+)
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance.")
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance.")
 @_batch
@@ -683,6 +810,7 @@ def bisect_cmd(
     backend: str | None,
     reference: str | None,
     weights: Path | None,
+    inputs_file: Path | None,
     rtol: float,
     atol: float,
     batch: int | None,
@@ -700,6 +828,7 @@ def bisect_cmd(
         backend=backend,
         reference=reference,
         weights=weights,
+        inputs_file=inputs_file,
         batch=batch,
         seq_len=seq_len,
         seed=seed,

@@ -34,7 +34,8 @@ class LoadedModel:
 def load_model(
     spec: str, *, batch: int | None = None, seq_len: int | None = None, seed: int = 0
 ) -> LoadedModel:
-    """Resolve MODEL: a built-in name, a Hugging Face checkpoint folder, or `model.py[:NAME]`."""
+    """Resolve MODEL: a built-in name, a Hugging Face checkpoint folder (or a training run
+    folder: its latest checkpoint), or `model.py[:NAME]`."""
     from cgc import models
 
     if spec.endswith(".py") or ".py:" in spec:
@@ -46,9 +47,12 @@ def load_model(
             )
         return _load_python(Path(stem + ".py"), entry or None)
     if Path(spec).is_dir():
-        module = models.load_hf_checkpoint(spec)
+        from cgc.training.checkpoint import is_run, latest_checkpoint
+
+        folder = latest_checkpoint(spec) if is_run(spec) else Path(spec)
+        module = models.load_hf_checkpoint(folder)
         inputs = models.example_inputs(module.config, batch or 1, seq_len, seed=seed)
-        return LoadedModel(Path(spec).resolve().name, module, inputs, f"checkpoint {spec}")
+        return LoadedModel(Path(spec).resolve().name, module, inputs, f"checkpoint {folder}")
     if spec in models.available():
         config = models.get_config(spec)
         inputs = models.example_inputs(config, batch or 1, seq_len, seed=seed)

@@ -11,6 +11,7 @@ from cgc.passes import (  # noqa: F401  (registration)
     fuse_qkv_attention,
     kv_cache,
     layer_pipeline,
+    train_step,
     weight_streaming,
 )
 from cgc.passes.manager import Pass, PassContext, PassManager, PassResult, run_passes

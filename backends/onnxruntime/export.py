@@ -19,6 +19,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
+from cgc.backends.onnxruntime.chunked import emit_scan, find_regions, flat_values
 from cgc.backends.onnxruntime.lowering import ONNX_DTYPES, Emitter, raw_bytes, tensor_proto
 from cgc.errors import CgcError
 from cgc.ir import Graph, TensorType, Value
@@ -40,12 +41,15 @@ def to_onnx(
     *,
     external_data: bool = True,
     digests: dict[str, str] | None = None,
+    chunked: bool = False,
 ) -> onnx.ModelProto:
     """Write `graph`, prepared for ORT, to the ONNX file `path`, its weights to `<path>.data`
     (or inline).
 
     Returns the model proto as written (external tensors hold references, not bytes); `digests`,
-    when given, receives the SHA-256 of the external-data file by file name. Files are
+    when given, receives the SHA-256 of the external-data file by file name. `chunked` runs
+    large elementwise regions as Scan loops over chunks (cgc.backends.onnxruntime.chunked),
+    declaring the inputs and outputs only they touch flat. Files are
     staged in a temporary folder and moved into place at the end, so a failed export leaves
     nothing behind; the same graph gives byte-identical files.
     """
@@ -54,7 +58,7 @@ def to_onnx(
     _check_weights(graph)
     if not external_data and sum(v.type.nbytes for v in graph.params.values()) >= _PROTOBUF_LIMIT:
         raise CgcError("weights exceed protobuf's 2 GB limit; export with external_data=True")
-    model = _build(graph)
+    model = _build(graph, chunked=chunked)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -89,17 +93,26 @@ def build_model(graph: Graph) -> onnx.ModelProto:
     return _build(prepared(graph))
 
 
-def _build(graph: Graph) -> onnx.ModelProto:
+def _build(graph: Graph, *, chunked: bool = False) -> onnx.ModelProto:
     emitter = Emitter(graph.outputs)
+    regions = find_regions(graph) if chunked else []
+    flat = flat_values(graph, regions)
+    last = {id(r.nodes[-1]): r for r in regions}
+    inside = {id(n) for r in regions for n in r.nodes}
     for node in graph.nodes:
-        emitter.lower(node)
+        if id(node) in last:
+            emit_scan(emitter, last[id(node)], flat)
+        elif id(node) not in inside:
+            emitter.lower(node)
     outputs = {id(v) for v in graph.outputs}
-    intermediates = [v for n in graph.nodes for v in n.outputs if id(v) not in outputs]
+    intermediates = [
+        v for n in graph.nodes if id(n) not in inside for v in n.outputs if id(v) not in outputs
+    ]
     onnx_graph = helper.make_graph(
         emitter.nodes,
         graph.name,
-        inputs=[_value_info(v) for v in graph.inputs],
-        outputs=[_value_info(v) for v in graph.outputs],
+        inputs=[_value_info(v, flat.get(v.name)) for v in graph.inputs],
+        outputs=[_value_info(v, flat.get(v.name)) for v in graph.outputs],
         initializer=emitter.initializers,
         value_info=[_value_info(v) for v in intermediates],
     )
@@ -112,8 +125,8 @@ def _build(graph: Graph) -> onnx.ModelProto:
     )
 
 
-def _value_info(v: Value) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(v.name, ONNX_DTYPES[v.dtype], v.shape)
+def _value_info(v: Value, shape: list[int] | None = None) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(v.name, ONNX_DTYPES[v.dtype], shape or v.shape)
 
 
 def _check_weights(graph: Graph) -> None:

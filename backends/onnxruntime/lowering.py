@@ -165,6 +165,8 @@ _DIRECT = {
     "reciprocal": "Reciprocal",
     "tanh": "Tanh",
     "erf": "Erf",
+    "cos": "Cos",
+    "sin": "Sin",
     "sigmoid": "Sigmoid",
     "relu": "Relu",
     "add": "Add",

@@ -204,6 +204,7 @@ def bisect_model(
     backend: str | None = None,
     reference: str | None = None,
     weights: str | Path | None = None,
+    inputs_file: str | Path | None = None,
     batch: int | None = None,
     seq_len: int | None = None,
     seed: int = 0,
@@ -214,11 +215,14 @@ def bisect_model(
 
     `reference` "eager" compares with eager PyTorch (ONNX Runtime on the original file for an
     .onnx MODEL), "ir" with the interpreter on the graph before the pipeline; a .cgc MODEL (with
-    `weights`) has only the latter, which is also its default.
+    `weights`) has only the latter, which is also its default. A .cgc MODEL runs on seeded
+    random inputs, or on `inputs_file` (a .safetensors file keyed by input name) when random ones
+    make no sense, as for a training step (its optimizer state must not be negative).
     """
     from cgc import driver
     from cgc.check import load_reference
     from cgc.debug.irfile import read_ir
+    from cgc.io import load_inputs
 
     if reference not in (None, "eager", "ir"):
         raise InputError(f"unknown reference {reference!r}; choose eager or ir")
@@ -229,11 +233,16 @@ def bisect_model(
         if reference == "eager":
             raise InputError(f"{spec} is IR, with no eager model to compare; use --reference ir")
         graph = read_ir(spec, weights)
-        inputs: Sequence[torch.Tensor] = driver.example_inputs_for(graph, seed)
+        types = [(v.name, v.type) for v in graph.inputs]
+        inputs: Sequence[torch.Tensor] = (
+            load_inputs(Path(inputs_file), types)
+            if inputs_file
+            else driver.example_inputs_for(graph, seed)
+        )
         name = Path(spec).stem
     else:
-        if weights is not None:
-            raise InputError("--weights applies to .cgc files; MODEL brings its own weights")
+        if weights is not None or inputs_file is not None:
+            raise InputError("--weights and --inputs apply to .cgc files; MODEL brings its own")
         ref = load_reference(
             spec,
             batch=batch,

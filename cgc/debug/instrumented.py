@@ -6,13 +6,14 @@ on the instrument base without the two modules importing each other.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TextIO
 
 from cgc.debug.instruments import DumpStages, Instrument, PassStatistics, PrintIR, TimePasses
 from cgc.debug.options import DebugOptions
 from cgc.debug.reproducer import CrashReproducer
 from cgc.ir import Graph
-from cgc.passes.manager import PassContext, PassManager
+from cgc.passes.manager import AfterPass, Pass, PassContext, PassManager
 
 
 def instrument(pm: PassManager, options: DebugOptions, stream: TextIO | None = None) -> list:
@@ -48,16 +49,20 @@ def instrument(pm: PassManager, options: DebugOptions, stream: TextIO | None = N
 
 def run_instrumented(
     graph: Graph,
-    pipeline: str,
+    pipeline: str | Sequence[Pass],
     options: DebugOptions | None = None,
     stream: TextIO | None = None,
+    *,
+    after_pass: Sequence[AfterPass] = (),
 ) -> PassManager:
-    """Run `pipeline` on `graph` (in place) with the instruments `options` asks for.
+    """Run `pipeline` (a string or pass instances) on `graph` (in place) with the instruments
+    `options` asks for; `after_pass` hooks run after theirs.
 
     Timing and statistics reports are written at the end, also when a pass fails.
     """
     pm = PassManager(pipeline, PassContext())
     attached = instrument(pm, options or DebugOptions(), stream)
+    pm.after_pass += after_pass
     try:
         pm.run(graph)
     finally:

@@ -6,9 +6,7 @@ a file meant for replay keeps the data in a .safetensors file: `cgc opt FILE.cgc
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cgc.errors import InputError
+from cgc.files import staged_file, write_atomic
 from cgc.ir import Graph, parse
 from cgc.ir.types import dtype_name
 
@@ -83,27 +82,6 @@ def write_weights(path: str | Path, weights: dict[str, torch.Tensor]) -> Path:
         storage = data.untyped_storage().data_ptr()
         tensors[name] = data.clone() if storage in seen else data
         seen.add(storage)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, staging)
-        os.replace(staging, path)
-    finally:
-        Path(staging).unlink(missing_ok=True)
-    return path
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write a file through a temporary sibling and a rename; creates missing folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(staging, path)
-    finally:
-        Path(staging).unlink(missing_ok=True)
-    return path
+    with staged_file(path) as staging:
+        save_file(tensors, str(staging))
+    return Path(path)

@@ -1,4 +1,5 @@
-"""The `cgc check` report as text, JSON and JUnit XML (what CI dashboards read).
+"""The `cgc check` report, its data and its renderings as text, JSON and JUnit XML (what CI
+dashboards read).
 
 Text: a line per distinct tolerance naming its targets (a 16-bit wafer has a looser one than
 the fp32 targets), a table of max abs / max rel error per target and output, then for each the
@@ -12,17 +13,64 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from cgc.debug.irfile import write_atomic
 from cgc.debug.numerics import Bin, Comparison
 from cgc.errors import InputError
+from cgc.files import write_atomic
 
 if TYPE_CHECKING:
-    from cgc.check import CheckReport, Tolerance
+    from cgc.debug.node_compare import NodeReport
 
 _BAR = 40
+
+
+class Tolerance(NamedTuple):
+    """An element is within tolerance when |got - ref| <= atol + rtol·|ref|."""
+
+    rtol: float
+    atol: float
+
+    def text(self) -> str:
+        """The condition, as the reports print it."""
+        return f"|got - ref| <= {self.atol:g} + {self.rtol:g}·|ref|"
+
+
+@dataclass
+class CheckReport:
+    """Per target and output: errors against the reference, and where a mismatch starts.
+
+    Each target has its own tolerance: a 16-bit wafer is held to a looser one than the fp32
+    interpreter in the same run.
+    """
+
+    model: str
+    description: str
+    reference: str
+    tolerances: dict[str, Tolerance]  # per target
+    results: dict[str, list[Comparison]] = field(default_factory=dict)
+    pipeline: str = "default"
+    seconds: dict[str, float] = field(default_factory=dict)  # compile + run, per target
+    nodes: dict[str, NodeReport] = field(default_factory=dict)  # targets out of tolerance
+    detail_ok: bool = True  # the text details outputs within tolerance too (not 300 tensors')
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for rows in self.results.values() for c in rows)
+
+    def text(self) -> str:
+        """The table, error percentiles and histograms, per-node reports, then PASS or FAIL."""
+        return render_text(self)
+
+    def json(self) -> str:
+        """The report as JSON (non-finite numbers as the strings "inf", "-inf", "nan")."""
+        return render_json(self)
+
+    def junit(self) -> str:
+        """JUnit XML: one testcase per target and output."""
+        return render_junit(self)
 
 
 def _at(index: tuple[int, ...]) -> str:
@@ -84,7 +132,8 @@ def render_text(report: CheckReport) -> str:
             lines.append(f"{target:<14} {c.row():<48} {'ok' if c.ok else 'MISMATCH'}")
     for target, rows in report.results.items():
         for c in rows:
-            lines += detail_lines(target, c, report.tolerances[target])
+            if report.detail_ok or not c.ok:
+                lines += detail_lines(target, c, report.tolerances[target])
     for target, nodes in report.nodes.items():
         lines.append(f"{target}: where the mismatch starts")
         lines += ["  " + line for line in nodes.text().splitlines()]

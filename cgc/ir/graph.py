@@ -236,6 +236,15 @@ class Graph:
         self.trainable.discard(name)
         self._names.discard(name)
 
+    def param_to_input(self, name: str) -> Value:
+        """Make parameter `name` a graph input (appended last), dropping its data: a training
+        step takes the weights it updates as inputs, and its caller owns their values."""
+        value = self.params.pop(name)
+        self.weights.pop(name, None)
+        self.trainable.discard(name)
+        self.inputs.append(value)
+        return value
+
     def rename(self, value: Value, name: str) -> None:
         """Give a value a new unique name."""
         self._names.discard(value.name)

@@ -14,7 +14,12 @@ Hook = Callable[[Node, Sequence[torch.Tensor]], None]
 
 
 class Interpreter:
-    """Evaluates a graph node by node; `hook(node, outputs)` sees every intermediate value."""
+    """Evaluates a graph node by node; `hook(node, outputs)` sees every intermediate value.
+
+    A value is dropped after its last use, so peak memory is the live set, not every
+    intermediate: a training step's optimizer alone would otherwise keep a dozen copies of
+    the parameters.
+    """
 
     def __init__(self, graph: Graph, hook: Hook | None = None) -> None:
         self.graph = graph
@@ -32,8 +37,9 @@ class Interpreter:
             env[id(v)] = t
         for name, v in g.params.items():
             env[id(v)] = weight_data(g, name)
+        last_use = _last_uses(g)
         with torch.no_grad():
-            for node in g.nodes:
+            for i, node in enumerate(g.nodes):
                 opdef = get_op(node.op)
                 result = opdef.impl(*(env[id(v)] for v in node.inputs), **node.attrs)
                 outs = result if isinstance(result, tuple) else (result,)
@@ -41,7 +47,21 @@ class Interpreter:
                     env[id(v)] = t
                 if self.hook is not None:
                     self.hook(node, outs)
+                for v in (*node.inputs, *node.outputs):
+                    if last_use.get(id(v)) == i:
+                        env.pop(id(v), None)
         return [env[id(v)] for v in g.outputs]
+
+
+def _last_uses(graph: Graph) -> dict[int, int]:
+    """Index of the node after which each value is dead; graph outputs never die."""
+    last: dict[int, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for v in (*node.inputs, *node.outputs):
+            last[id(v)] = i
+    for v in graph.outputs:
+        last.pop(id(v), None)
+    return last
 
 
 def weight_data(graph: Graph, name: str) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from cgc.models.config import CEREBRAS_GPT, TINY, GPTConfig
 from cgc.models.gpt import GPT
-from cgc.models.hf import load_hf_checkpoint
+from cgc.models.hf import load_hf_checkpoint, save_hf_checkpoint
 from cgc.models.registry import available, build, example_inputs, get_config
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "example_inputs",
     "get_config",
     "load_hf_checkpoint",
+    "save_hf_checkpoint",
 ]

@@ -1,14 +1,16 @@
-"""Load a local Hugging Face GPT-2 checkpoint (the format Cerebras-GPT is published in) as a GPT.
+"""Hugging Face GPT-2 checkpoints (the format Cerebras-GPT is published in): load one as a GPT,
+and write a GPT's weights as one that `transformers` loads (what training saves).
 
-Only safetensors is read: a pickle checkpoint can run arbitrary code when loaded.
+Only safetensors is read or written: a pickle checkpoint can run arbitrary code when loaded.
 """
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from cgc.errors import ModelError
 from cgc.models.config import GPTConfig
@@ -23,6 +25,10 @@ _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c
 
 # Causal-mask buffers that older transformers versions saved; we build the mask in forward.
 _IGNORED = (".attn.bias", ".attn.masked_bias")
+
+# muP has no GPT2Config fields; cgc records its own beside them (transformers ignores them and
+# would compute the model without the muP multipliers).
+_MUP = ("mup", "mup_base_width", "embeddings_scale")
 
 
 def load_hf_checkpoint(path: str | Path) -> GPT:
@@ -72,6 +78,7 @@ def _read_config(file: Path) -> GPTConfig:
             raise ModelError(f"{file}: {key}={bad} is not supported by cgc's GPT")
     try:
         n_embd = int(raw["n_embd"])
+        mup = {key: raw[f"cgc_{key}"] for key in _MUP if f"cgc_{key}" in raw}
         return GPTConfig(
             n_layer=int(raw["n_layer"]),
             n_embd=n_embd,
@@ -80,11 +87,57 @@ def _read_config(file: Path) -> GPTConfig:
             vocab_size=int(raw["vocab_size"]),
             n_positions=int(raw["n_positions"]),
             layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
+            **mup,
         )
     except KeyError as err:
         raise ModelError(f"{file}: missing field {err.args[0]!r}; restore the GPT2Config") from err
     except (TypeError, ValueError) as err:
         raise ModelError(f"{file}: malformed field ({err}); restore the GPT2Config") from err
+
+
+def save_hf_checkpoint(
+    config: GPTConfig,
+    state: Mapping[str, torch.Tensor],
+    folder: str | Path,
+    *,
+    eos_id: int | None = None,
+) -> None:
+    """Write `state` (the GPT's parameter names) into `folder` as config.json and
+    model.safetensors in GPT2LMHeadModel's layout: Conv1D weights [in, out], the LM head tied
+    to the embedding and left out, as save_pretrained writes them. `eos_id` is the tokenizer's
+    end-of-text token (GPT2Config's default, 50256, would lie outside a smaller vocabulary)."""
+    folder = Path(folder)
+    fields = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "n_layer": config.n_layer,
+        "n_embd": config.n_embd,
+        "n_head": config.n_head,
+        "n_inner": config.n_inner,
+        "vocab_size": config.vocab_size,
+        "n_positions": config.n_positions,
+        "n_ctx": config.n_positions,
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "activation_function": "gelu",
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+    }
+    if config.mup:
+        fields |= {f"cgc_{key}": getattr(config, key) for key in _MUP}
+    (folder / "config.json").write_text(json.dumps(fields, indent=2) + "\n")
+    tensors = {}
+    for name, tensor in state.items():
+        if name == "lm_head.weight":
+            continue
+        if name.endswith(_CONV1D):
+            tensor = tensor.t()
+        tensors[name] = tensor.detach().contiguous()
+    save_file(tensors, str(folder / _WEIGHTS), metadata={"format": "pt"})
 
 
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:

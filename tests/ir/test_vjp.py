@@ -62,7 +62,7 @@ def _padding_mask() -> T:
     return t(1, 1, 4, 4, fill="padding")
 
 
-UNARY = ["neg", "abs", "exp", "tanh", "erf", "sigmoid", "relu"]
+UNARY = ["neg", "abs", "exp", "tanh", "erf", "sigmoid", "relu", "cos", "sin"]
 POSITIVE = ["log", "sqrt", "rsqrt", "reciprocal"]
 REDUCE = ["reduce_sum", "reduce_mean"]
 

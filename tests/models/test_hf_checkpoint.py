@@ -181,3 +181,18 @@ def test_config_that_does_not_fit_the_weights(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match=r"transformer\.wte\.weight has shape \(97, 32\)"):
         load_hf_checkpoint(tmp_path)
+
+
+def test_saved_checkpoints_load_back_mup_included(tmp_path) -> None:
+    from cgc.models import build, load_hf_checkpoint, save_hf_checkpoint
+
+    for name in ("tiny-111m", "tiny-111m-mup"):
+        module = build(name, seed=3)
+        folder = tmp_path / name
+        folder.mkdir()
+        save_hf_checkpoint(module.config, dict(module.named_parameters()), folder)
+        loaded = load_hf_checkpoint(folder)
+        assert loaded.config == module.config
+        ids = torch.randint(0, 97, (1, 9))
+        with torch.no_grad():
+            assert torch.equal(loaded(ids), module(ids))

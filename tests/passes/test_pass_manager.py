@@ -50,6 +50,8 @@ def test_every_pass_is_registered_with_a_description() -> None:
         "capacity.",
         "layer-pipeline": "Give every stage a wafer region sized to balance the layer pipeline "
         "(annotates only).",
+        "train-step": "Turn the joint graph into a training step: clip, schedule and apply the "
+        "optimizer.",
         "weight-streaming": "Run one layer at a time on the whole wafer with weights streamed in "
         "(annotates only).",
     }
@@ -86,7 +88,7 @@ def test_default_expands_to_the_default_pipeline() -> None:
             "canonicalize,fuse-attn",
             "unknown pass 'fuse-attn'; valid passes: autodiff, canonicalize, fuse-attention, "
             "fuse-cross-entropy, fuse-gelu, fuse-layer-norm, fuse-linear, fuse-qkv-attention, "
-            "kv-cache, layer-pipeline, weight-streaming",
+            "kv-cache, layer-pipeline, train-step, weight-streaming",
         ),
         (
             "fuse-attention{heads=2}",

@@ -91,6 +91,8 @@ _UNARY_DERIVATIVES = {
         g.call("exp", g.call("neg", g.call("mul", x, x))),
     ),
     "sigmoid": lambda g, x, y, dy: _mul(g, dy, y, g.call("sub", scalar(g, 1.0, y), y)),
+    "cos": lambda g, x, y, dy: g.call("neg", g.call("mul", dy, g.call("sin", x))),
+    "sin": lambda g, x, y, dy: g.call("mul", dy, g.call("cos", x)),
     # torch's threshold_backward: the gradient passes where the output is positive
     "relu": lambda g, x, y, dy: zeros_where(
         g, g.call("gt", y, scalar(g, 0.0, y)), dy, keep_if=True
@@ -108,6 +110,8 @@ _UNARY = {
     "tanh": (torch.tanh, float_unary, 1),
     "erf": (torch.erf, float_unary, 1),
     "sigmoid": (torch.sigmoid, float_unary, 1),
+    "cos": (torch.cos, float_unary, 1),  # cosine learning-rate decay, rotary embeddings
+    "sin": (torch.sin, float_unary, 1),
     "relu": (torch.relu, unary, 1),
     "logical_not": (torch.logical_not, _to_bool, 0),
 }

@@ -15,8 +15,9 @@ CASES: dict[str, tuple[str, str]] = {
     **{
         op: ("%x: f32[2,3]", f"%y = {op}(%x) : f32[2,3]")
         for op in ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal")
-        + ("tanh", "erf", "sigmoid", "relu")
+        + ("tanh", "erf", "sigmoid", "relu", "cos", "sin")
     },
+    "cos:f64": ("%x: f64[2,3]", "%y = cos(%x) : f64[2,3]"),
     **{
         op: ("%x: f32[2,3], %z: f32[3]", f"%y = {op}(%x, %z) : f32[2,3]")
         for op in ("add", "sub", "mul", "div", "pow", "maximum", "minimum")

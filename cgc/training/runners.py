@@ -1,0 +1,109 @@
+"""What executes a training step graph: the IR interpreter, or a backend's training session.
+
+Both keep the parameters and optimizer state between steps and feed each step's outputs
+`new.X` back as its inputs `X` (cgc.training.step); the training loop only hands them batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import torch
+
+from cgc.errors import InputError
+from cgc.ir import Graph, interpret
+from cgc.training.step import carried
+
+INTERPRETER = "interpreter"
+BACKENDS = (INTERPRETER, "onnxruntime")
+
+
+class StepSession(Protocol):
+    """A step graph with live state."""
+
+    def step(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Run one step on the batch inputs and `step`; the scalar outputs (loss, ...)."""
+
+    def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The evaluation graph's outputs on the current parameters."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Copies of the parameters and optimizer state, by input name."""
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite the parameters and optimizer state."""
+
+
+class InterpreterSession:
+    """Runs the step graph with the ops' reference implementations (the ground truth)."""
+
+    def __init__(
+        self,
+        step_graph: Graph,
+        state: Mapping[str, torch.Tensor],
+        eval_graph: Graph | None,
+        in_place: bool = False,
+    ) -> None:
+        self.graph = step_graph
+        self.eval_graph = eval_graph
+        self.pairs = carried(step_graph)
+        self._given = {x: t for x, t in state.items() if x in self.pairs} if in_place else {}
+        types = {v.name: v.type for v in step_graph.inputs}
+        self.state = {
+            x: state[x].detach().clone()
+            if x in state
+            else torch.zeros(types[x].shape, dtype=types[x].torch_dtype)
+            for x in self.pairs
+        }
+        self._scalars = [v.name for v in step_graph.outputs if v.type.rank == 0]
+
+    def _run(self, graph: Graph, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        feeds = {**inputs, **self.state}
+        missing = [v.name for v in graph.inputs if v.name not in feeds]
+        if missing:
+            raise InputError(f"the training step needs input {missing[0]!r}")
+        outputs = interpret(graph, *(feeds[v.name] for v in graph.inputs))
+        return dict(zip([v.name for v in graph.outputs], outputs, strict=True))
+
+    def step(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        outputs = self._run(self.graph, inputs)
+        self.state = {x: outputs[new] for x, new in self.pairs.items()}
+        with torch.no_grad():
+            for x, tensor in self._given.items():
+                tensor.copy_(self.state[x])
+        return {name: float(outputs[name]) for name in self._scalars}
+
+    def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        if self.eval_graph is None:
+            raise InputError("this training session was built without an evaluation graph")
+        return list(self._run(self.eval_graph, inputs).values())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {x: t.clone() for x, t in self.state.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.state = {x: state[x].detach().clone() for x in self.pairs}
+
+
+def open_session(
+    backend: str,
+    step_graph: Graph,
+    state: Mapping[str, torch.Tensor],
+    eval_graph: Graph | None = None,
+    *,
+    threads: int | None = None,
+    in_place: bool = False,
+) -> StepSession:
+    """A session running `step_graph` on `backend` ("interpreter" or "onnxruntime"), starting
+    from `state`; carried inputs missing from it (optimizer state) start at zero. With
+    `in_place` the tensors of `state` follow the training (ORT updates them as its buffers)."""
+    if backend == INTERPRETER:
+        return InterpreterSession(step_graph, state, eval_graph, in_place)
+    if backend == "onnxruntime":
+        from cgc.backends.onnxruntime.training import OrtTrainingSession
+
+        return OrtTrainingSession(
+            step_graph, state, eval_graph=eval_graph, threads=threads, in_place=in_place
+        )
+    raise InputError(f"unknown training backend {backend!r}; choose from {', '.join(BACKENDS)}")
