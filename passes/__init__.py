@@ -14,7 +14,8 @@ from cgc.passes import (  # noqa: F401  (registration)
     train_step,
     weight_streaming,
 )
-from cgc.passes.manager import Pass, PassContext, PassManager, PassResult, run_passes
+from cgc.passes.base import Pass, PassContext, PassResult
+from cgc.passes.manager import PassManager, run_passes
 from cgc.passes.pattern import Alt, Const, Match, Op, Rewrite, Var, apply_patterns, explain, rewrite
 from cgc.passes.pipeline import DEFAULT_PIPELINE, parse_pipeline
 from cgc.passes.registry import all_passes, get_pass, register_pass, unregister_pass

@@ -26,7 +26,7 @@ from cgc.errors import IRError
 from cgc.ir import Graph, Node, Value, get_op
 
 if TYPE_CHECKING:
-    from cgc.passes.manager import PassContext
+    from cgc.passes.base import PassContext
 
 Predicate = Callable[[Any], bool]
 

@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from cgc.errors import InputError
-from cgc.passes.manager import Option, Pass
+from cgc.passes.base import Option, Pass
 from cgc.passes.registry import get_pass
 
 DEFAULT_PIPELINE = (

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, TypeVar
 from cgc.errors import InputError
 
 if TYPE_CHECKING:
-    from cgc.passes.manager import Pass
+    from cgc.passes.base import Pass
 
 P = TypeVar("P", bound="type[Pass]")
 

@@ -20,7 +20,8 @@ from cgc.debug.node_compare import NodeReport, compare_graphs
 from cgc.debug.numerics import Comparison, compare_all
 from cgc.errors import InputError
 from cgc.ir import Graph, interpret
-from cgc.passes.manager import PassContext, PassManager, PassResult
+from cgc.passes.base import PassContext, PassResult
+from cgc.passes.manager import PassManager
 from cgc.passes.pipeline import parse_pipeline
 
 

@@ -13,7 +13,8 @@ from cgc.debug.instruments import DumpStages, Instrument, PassStatistics, PrintI
 from cgc.debug.options import DebugOptions
 from cgc.debug.reproducer import CrashReproducer
 from cgc.ir import Graph
-from cgc.passes.manager import AfterPass, Pass, PassContext, PassManager
+from cgc.passes.base import Pass, PassContext
+from cgc.passes.manager import AfterPass, PassManager
 
 
 def instrument(pm: PassManager, options: DebugOptions, stream: TextIO | None = None) -> list:

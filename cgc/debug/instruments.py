@@ -24,7 +24,8 @@ from typing import Self, TextIO
 
 from cgc.debug.irfile import write_ir
 from cgc.ir import Graph
-from cgc.passes.manager import Pass, PassContext, PassManager, PassResult
+from cgc.passes.base import Pass, PassContext, PassResult
+from cgc.passes.manager import PassManager
 from cgc.passes.registry import get_pass
 
 _RULE = "===" + "-" * 73 + "==="

@@ -18,7 +18,7 @@ from cgc.debug.instruments import Instrument, TextOutput
 from cgc.debug.irfile import real_weights, write_ir, write_weights
 from cgc.errors import InputError
 from cgc.ir import Graph
-from cgc.passes.manager import Pass, PassContext
+from cgc.passes.base import Pass, PassContext
 
 
 class CrashReproducer(Instrument, TextOutput):

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from copy import deepcopy
 from typing import Any
 
 import torch
@@ -277,12 +278,31 @@ class Graph:
             yield from node.outputs
 
     def copy(self) -> Graph:
-        """A structural copy sharing weight tensors (weights are immutable by convention)."""
-        from cgc.ir.parser import parse
-        from cgc.ir.printer import print_graph
+        """A structural copy sharing weight tensors (weights are immutable by convention).
 
-        clone = parse(print_graph(self))
+        The copy holds what the text form holds: attributes and the public meta (keys starting
+        with `_` are private to a pass run and stay behind).
+        """
+        clone = Graph(self.name)
         clone.weights = dict(self.weights)
+        clone.trainable = set(self.trainable)
+        twin: dict[int, Value] = {}
+        for v in self.inputs:
+            twin[id(v)] = clone.add_input(v.name, v.type)
+        for name, v in self.params.items():
+            twin[id(v)] = clone.params[name] = Value(clone._claim(name), v.type)
+        for node in self.nodes:
+            meta = {k: v for k, v in node.meta.items() if not k.startswith("_")}
+            twin_node = Node(
+                node.op, [twin[id(v)] for v in node.inputs], deepcopy(node.attrs), deepcopy(meta)
+            )
+            for v in twin_node.inputs:
+                v.users.append(twin_node)
+            for v in node.outputs:
+                twin[id(v)] = Value(clone._claim(v.name), v.type, twin_node)
+                twin_node.outputs.append(twin[id(v)])
+            clone.nodes.append(twin_node)
+        clone.outputs = [twin[id(v)] for v in self.outputs]
         return clone
 
     def __str__(self) -> str:

@@ -54,6 +54,16 @@ def test_copy_is_independent() -> None:
     assert str(c) != TEXT
 
 
+def test_copy_prints_alike_and_leaves_private_meta() -> None:
+    g = parse(TEXT)
+    g.nodes[0].meta["_match"] = object()
+    c = g.copy()
+    assert str(c) == TEXT
+    assert c.nodes[0].meta == {"scope": "transformer.wte", "source": "m.py:10"}
+    assert all(u in c.nodes for v in c.values() for u in v.users)
+    assert c.weights.keys() == g.weights.keys()
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
