@@ -1,27 +1,29 @@
 """Attention of new tokens against a K/V cache resident in the region's SRAM (`cached_attention`).
 
-Each (sequence, head) pair of the batch owns a *group* of `blocks` consecutive PEs (in
-row-major snake order, so neighbours in the group are one hop apart); PE j of a group holds
-cache slots [j·kv_tile, (j+1)·kv_tile) of that pair's keys and values, for every sequence
-whose cache the region keeps (`cache_sequences`: the batch, or all the sequences a decode
-pipeline keeps in flight, each with its own slots). When the pairs outnumber the PEs, a PE
-holds whole caches of `pairs_per_pe` pairs instead.
+Each (sequence, head) pair of the batch owns a *group* of `blocks` PEs, a near-square
+`group_rows` x `group_cols` block of the region; PE j of a group (row-major) holds cache slots
+[j·kv_tile, (j+1)·kv_tile) of that pair's keys and values, for every sequence whose cache the
+region keeps (`cache_sequences`: the batch, or all the sequences a decode pipeline keeps in
+flight, each with its own slots). When the pairs outnumber the PEs, a PE holds whole caches of
+`pairs_per_pe` pairs instead.
 
 Per new token: its key and value go to the PE owning slot past + t and are written there in
 place (the `.next` caches are the same SRAM); its query is multicast to the group; every PE
 scores it against its block (d_head FMAC vectors of length kv_tile) and masks slots after
-past + t; a chain of the group's PEs takes the global max and broadcasts it back (one wavelet
-per hop); every PE computes p = exp(s - max), its sum and p·V; the (o, l) partial sums stream
-along the chain from the group's last PE to its first, each PE adding its own as the
-wavelets pass (a pipelined chain: one hop each); the first PE divides o by l. The cost is
-that of a full cache (every block scored), the upper bound of the last token.
+past + t; the group takes the global max (chains along its rows, then up its first column) and
+broadcasts it back; every PE computes p = exp(s - max), its sum and p·V; the (o, l) partial
+sums chain the same way, each PE adding its own as the wavelets pass (pipelined chains: one
+hop per PE), and the group's first PE divides o by l. The cost is that of a full cache (every
+block scored), the upper bound of the last token.
 
 Numerics: scores and softmax statistics fp32; p is rounded to the precision before it
-multiplies V; the partial sums of the blocks add in chain order, last block first.
+multiplies V; the partial sums add in chain order: each group row from its last PE to its
+first, then the rows' sums from the last row to the first.
 """
 
 from __future__ import annotations
 
+from math import isqrt
 from typing import Any
 
 import torch
@@ -79,20 +81,17 @@ class CachedAttention(Kernel):
             "head_dim": self.head_dim,
             "cache_sequences": self.sequences,
             **pick_tiling(fitting, spilling),
-            "reduce": "max along the group, then (o, l) chained from its last PE to its first",
+            "reduce": "max, then (o, l), chained along each group row, then up its first column",
         }
 
     def _candidates(self, pes: int) -> list[dict[str, int]]:
         """One tiling per distinct block size: groups of up to pes // pairs PEs."""
         pairs = self.batch * self.heads
         if pes < pairs:
-            return [{"blocks": 1, "kv_tile": self.capacity, "pairs_per_pe": ceil_div(pairs, pes)}]
+            return [{**_group(1, self.capacity), "pairs_per_pe": ceil_div(pairs, pes)}]
         most = min(pes // pairs, self.capacity)
         tiles = sorted({ceil_div(self.capacity, b) for b in range(1, most + 1)}, reverse=True)
-        return [
-            {"blocks": ceil_div(self.capacity, kv), "kv_tile": kv, "pairs_per_pe": 1}
-            for kv in tiles
-        ]
+        return [_group(ceil_div(self.capacity, kv), kv) for kv in tiles]
 
     def sram_bytes(self, rows: int, cols: int) -> int:
         """Cache blocks of every kept sequence, query and new K/V buffers, fp32 scratch."""
@@ -119,7 +118,7 @@ class CachedAttention(Kernel):
 
     def _cost(self, rows: int, cols: int, t: dict[str, Any]) -> Cost:
         m, p, b = self.machine, self.precision, BYTES[self.precision]
-        d, kv, blocks = self.head_dim, t["kv_tile"], t["blocks"]
+        d, kv = self.head_dim, t["kv_tile"]
         vec_kv, vec_d = m.vector_cycles(kv, p), m.vector_cycles(d + 1, p)
         ops = VECTOR_OP_COST
         scores = d * vec_kv + 2 * vec_kv  # q·k, then scale and the causal select
@@ -131,7 +130,8 @@ class CachedAttention(Kernel):
         compute = queries * (per_query + 3 * m.task_overhead_cycles)  # three tasks per query
         written = t["pairs_per_pe"] * min(self.new, kv) * words(2 * d, b)
         fabric = queries * (words(d, b) + 2 + d + 1) + written
-        latency = m.hop_latency_cycles * (rows + cols + 3 * (blocks - 1)) + m.task_overhead_cycles
+        chains = t["group_rows"] + t["group_cols"] - 2  # along a row, then up a column
+        latency = m.hop_latency_cycles * (rows + cols + 3 * chains) + m.task_overhead_cycles
         return Cost(compute, fabric, latency, max(compute, fabric) + latency)
 
     def _resident(self, slot: int, t: torch.Tensor) -> torch.Tensor:
@@ -165,7 +165,22 @@ class CachedAttention(Kernel):
         values = F.pad(v_cache, (0, 0, 0, pad)).reshape(b, h, blocks, kv, d)
         o = torch.einsum("bhtjs,bhjsd->bhtjd", round_to(by_block, self.precision), values)
         partial = torch.cat([o, by_block.sum(-1, keepdim=True)], dim=-1)
-        total = chain_sum(reversed(partial.unbind(3)))  # from the group's last PE to its first
+        gr, gc = tiling["group_rows"], tiling["group_cols"]
+        partial = F.pad(partial, (0, 0, 0, gr * gc - blocks)).reshape(b, h, t, gr, gc, d + 1)
+        by_row = chain_sum(reversed(partial.unbind(4)))  # each row, last PE first
+        total = chain_sum(reversed(by_row.unbind(3)))  # then the rows, last first
         out = total[..., :d] / total[..., d:]
         out = out.transpose(1, 2).reshape(b, t, h * d)
         return [round_to(out, self.precision), k_cache, v_cache]
+
+
+def _group(blocks: int, kv_tile: int) -> dict[str, int]:
+    """A pair's group of `blocks` PEs as a near-square block, `kv_tile` slots each."""
+    cols = isqrt(blocks - 1) + 1  # ⌈√blocks⌉
+    return {
+        "blocks": blocks,
+        "kv_tile": kv_tile,
+        "pairs_per_pe": 1,
+        "group_rows": ceil_div(blocks, cols),
+        "group_cols": cols,
+    }
