@@ -78,7 +78,8 @@ def compile_decode(
         try:
             artifact, kept = build(needed), needed
         except PlanError:
-            return build(kept, unfit=needed)  # re-planned: the graph keeps this plan's notes
+            # Planned again: the graph's annotations must be those of the plan returned.
+            return build(kept, unfit=needed)
     return artifact
 
 

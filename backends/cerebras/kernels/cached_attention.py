@@ -2,10 +2,12 @@
 
 Each (sequence, head) pair of the batch owns a *group* of `blocks` PEs, a near-square
 `group_rows` x `group_cols` block of the region; PE j of a group (row-major) holds cache slots
-[j·kv_tile, (j+1)·kv_tile) of that pair's keys and values, for every sequence whose cache the
-region keeps (`cache_sequences`: the batch, or all the sequences a decode pipeline keeps in
-flight, each with its own slots). When the pairs outnumber the PEs, a PE holds whole caches of
-`pairs_per_pe` pairs instead.
+[j·kv_tile, (j+1)·kv_tile) of that pair's keys and values. The region keeps the caches of
+`cache_sequences` sequences (the batch, or all the sequences a decode pipeline keeps in flight,
+each with its own slots); a pass attends for one sequence per batch row, so the kept sequences
+are spread over `sequence_groups` copies of the groups, as many as the PEs allow, each PE
+holding the blocks of its share of them. When the pairs outnumber the PEs, a PE holds whole
+caches of `pairs_per_pe` pairs instead.
 
 Per new token: its key and value go to the PE owning slot past + t and are written there in
 place (the `.next` caches are the same SRAM); its query is multicast to the group; every PE
@@ -59,7 +61,7 @@ class CachedAttention(Kernel):
         # Part of the kernel's identity: memoised tilings and costs must not mix pool sizes.
         self.attrs[CACHE_SEQUENCES] = sequences
         self.sequences = sequences
-        self.pool = ceil_div(sequences, self.batch)  # caches per group, one per sequence
+        self.pool = ceil_div(sequences, self.batch)  # caches kept per batch row
 
     def _tile(self, rows: int, cols: int) -> dict[str, Any]:
         """Of the group sizes that fit in SRAM, the fewest cycles (`pick_tiling`)."""
@@ -88,10 +90,14 @@ class CachedAttention(Kernel):
         """One tiling per distinct block size: groups of up to pes // pairs PEs."""
         pairs = self.batch * self.heads
         if pes < pairs:
-            return [{**_group(1, self.capacity), "pairs_per_pe": ceil_div(pairs, pes)}]
+            return [{**_group(1, self.capacity, 1), "pairs_per_pe": ceil_div(pairs, pes)}]
         most = min(pes // pairs, self.capacity)
         tiles = sorted({ceil_div(self.capacity, b) for b in range(1, most + 1)}, reverse=True)
-        return [_group(ceil_div(self.capacity, kv), kv) for kv in tiles]
+        out = []
+        for kv in tiles:
+            blocks = ceil_div(self.capacity, kv)
+            out.append(_group(blocks, kv, min(self.pool, pes // (pairs * blocks))))
+        return out
 
     def sram_bytes(self, rows: int, cols: int) -> int:
         """Cache blocks of every kept sequence, query and new K/V buffers, fp32 scratch."""
@@ -99,7 +105,8 @@ class CachedAttention(Kernel):
 
     def _sram(self, t: dict[str, Any]) -> int:
         b, d, kv = BYTES[self.precision], self.head_dim, t["kv_tile"]
-        resident = self.pool * t["pairs_per_pe"] * kv * 2 * d * b
+        kept = ceil_div(self.pool, t["sequence_groups"])
+        resident = kept * t["pairs_per_pe"] * kv * 2 * d * b
         buffers = 2 * d * b + 2 * d * b  # query double buffer, the new key and value
         scratch = kv * 4 + 2 * (d + 1) * 4  # scores; own and arriving (o, l)
         return resident + buffers + scratch
@@ -174,8 +181,9 @@ class CachedAttention(Kernel):
         return [round_to(out, self.precision), k_cache, v_cache]
 
 
-def _group(blocks: int, kv_tile: int) -> dict[str, int]:
-    """A pair's group of `blocks` PEs as a near-square block, `kv_tile` slots each."""
+def _group(blocks: int, kv_tile: int, sequence_groups: int) -> dict[str, int]:
+    """A pair's group of `blocks` PEs as a near-square block, `kv_tile` slots each, repeated
+    for `sequence_groups` shares of the kept sequences."""
     cols = isqrt(blocks - 1) + 1  # ⌈√blocks⌉
     return {
         "blocks": blocks,
@@ -183,4 +191,5 @@ def _group(blocks: int, kv_tile: int) -> dict[str, int]:
         "pairs_per_pe": 1,
         "group_rows": ceil_div(blocks, cols),
         "group_cols": cols,
+        "sequence_groups": sequence_groups,
     }

@@ -52,6 +52,21 @@ def test_the_kept_sequences_caches_count_in_sram(one_node) -> None:
         kernel_for(node, WSE2, "fp32")
 
 
+def test_kept_sequences_spread_over_copies_of_the_groups_when_pes_are_spare(one_node) -> None:
+    node = _node(one_node, capacity=4)
+    node.meta[CACHE_SEQUENCES] = 3
+    k = kernel_for(node, WSE2, "fp32")
+    # 2 pairs x 4 blocks of 1 slot use 8 PEs: on 2 x 4 every PE keeps all 3 sequences' blocks,
+    # on 4 x 4 the groups are copied twice and a PE keeps ⌈3/2⌉ = 2 of them.
+    t = k.tiling(2, 4)
+    assert (t["blocks"], t["kv_tile"], t["sequence_groups"]) == (4, 1, 1)
+    assert k.sram_bytes(2, 4) == 3 * 32 + 64 + 44
+    t = k.tiling(4, 4)
+    assert (t["blocks"], t["kv_tile"], t["sequence_groups"]) == (4, 1, 2)
+    assert k.sram_bytes(4, 4) == 2 * 32 + 64 + 44
+    assert k.cycles(4, 4) == k.cycles(2, 4) + 2  # one copy works per pass; the region is taller
+
+
 def test_a_cache_too_big_for_the_wafer_has_no_rectangle(one_node) -> None:
     k = kernel_for(_node(one_node, heads=1, d=64, capacity=2048), WSE2, "fp32")
     assert k.min_rect() is not None
