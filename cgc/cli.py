@@ -196,6 +196,9 @@ def compile_cmd(
     from cgc.debug.instrumented import run_instrumented
 
     if generate:
+        if mode not in (None, "pipelined"):
+            raise InputError("--generate plans decode layer-pipelined; drop --mode")
+        wafer = {k: v for k, v in {"target": target, "precision": precision}.items() if v}
         return _compile_generation(
             console,
             model,
@@ -206,6 +209,7 @@ def compile_cmd(
             seq_len,
             max_len,
             seed,
+            wafer,
         )
     if max_len is not None:
         raise InputError("--max-len applies to --generate")
@@ -265,15 +269,20 @@ def _compile_generation(
     seq_len: int | None,
     max_len: int | None,
     seed: int,
+    wafer: dict[str, str],
 ) -> int:
-    """`cgc compile --generate`: the step graphs of MODEL as a generation artifact."""
+    """`cgc compile --generate`: the step graphs of MODEL as a generation artifact (for the
+    wafer, its decode program)."""
     from cgc import driver
-    from cgc.generation import context_length, step_program, trace_step_graphs
+    from cgc.generation import context_length, trace_step_graphs
     from cgc.generation.artifact import GenerationArtifact
     from cgc.generation.session import model_tokenizer
 
-    if backend != "onnxruntime":
-        step_program(backend, None, None)  # cerebras: not available yet; else unknown
+    if backend not in ("onnxruntime", "cerebras"):
+        raise InputError(f"--generate compiles for onnxruntime or cerebras, not {backend!r}")
+    if wafer and backend != "cerebras":
+        given = ", ".join(f"--{k}" for k in wafer)
+        raise InputError(f"{given} only apply to --backend cerebras, not {backend}")
     if driver.is_onnx(model):
         raise InputError("--generate traces a PyTorch model; an .onnx file cannot be used")
     loaded = driver.load_model(model, seed=seed)
@@ -293,14 +302,21 @@ def _compile_generation(
         pipeline=pipeline,
     )
     info = {"model": loaded.name, "pipeline": pipeline, "weights": loaded.weights}
-    artifact = GenerationArtifact(graphs, model_tokenizer(model), info)
+    program = None
+    if backend == "cerebras":
+        from cgc.backends.cerebras.decode_plan import compile_decode
+
+        console.step(f"planning decode for {wafer.get('target', 'wse2')} ...")
+        program = compile_decode(graphs.decode, info, prompt_tokens=prompt_tokens, **wafer)
+        info = program.info
+    artifact = GenerationArtifact(graphs, model_tokenizer(model), info, program)
     folder = output or Path("out") / f"{loaded.name}-generate"
     console.step(f"writing {folder} ...")
     artifact.save(folder, progress=console.detail)
     ops = ", ".join(f"{op} {n}" for op, n in graphs.decode.op_counts().items())
     console.result(
         f"{loaded.name}: {loaded.num_parameters():,} parameters, weights {loaded.weights}\n"
-        f"decode ops: {ops}\n{artifact.summary()}\nartifact: {folder} (onnxruntime)"
+        f"decode ops: {ops}\n{artifact.summary()}\nartifact: {folder} ({backend})"
     )
     return 0
 
@@ -428,11 +444,7 @@ def check_cmd(
     from cgc.check import check_model
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
-    if generate_tokens is not None:
-        return _check_generation(
-            console, model, names, generate_tokens, rtol, atol, pipeline, batch, seq_len, seed
-        )
-    if train:
+    if train and generate_tokens is None:  # --generate takes precedence
         from cgc.training.check import check_training
 
         if target or precision or input_shape:
@@ -454,6 +466,20 @@ def check_cmd(
     if wafer and "cerebras" not in names:
         raise InputError(
             f"--{', --'.join(wafer)} apply to the cerebras backend; add it to --backends"
+        )
+    if generate_tokens is not None:
+        return _check_generation(
+            console,
+            model,
+            names,
+            generate_tokens,
+            rtol,
+            atol,
+            pipeline,
+            batch,
+            seq_len,
+            seed,
+            wafer,
         )
     tolerances: dict[str, tuple[float, float]] = {}
     if precision not in (None, "fp32"):
@@ -519,8 +545,13 @@ def _report(console: Console, report: Any, json_file: Path | None, junit_file: P
 @click.option(
     "--backend",
     type=click.Choice(["onnxruntime", "interpreter", "cerebras"]),
-    default="onnxruntime",
-    show_default=True,
+    help="[onnxruntime; an ARTIFACT's own backend]",
+)
+@click.option("--target", help="Wafer for --backend cerebras: wse2, wse3 or fabric:WxH [wse2].")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16", "cb16"]),
+    help="Wafer arithmetic precision for --backend cerebras (fp32 accumulation) [fp32].",
 )
 @click.option(
     "--max-len",
@@ -542,7 +573,9 @@ def generate_cmd(
     top_k: int | None,
     top_p: float | None,
     seed: int,
-    backend: str,
+    backend: str | None,
+    target: str | None,
+    precision: str | None,
     max_len: int | None,
     stream: bool,
 ) -> int:
@@ -568,6 +601,7 @@ def generate_cmd(
         backend=backend,
         capacity=max_len,
         seed=seed,
+        wafer={k: v for k, v in {"target": target, "precision": precision}.items() if v},
         progress=console.step,
     )
     tokenizer = generator.tokenizer
@@ -597,8 +631,10 @@ def generate_cmd(
     console.step(
         f"prompt tokens {sum(map(len, prompts))}, new tokens {new}, "
         f"prefill {result.prefill_seconds * 1e3:.1f} ms, "
-        f"decode {result.decode_tokens_per_second:.1f} tokens/s ({backend})"
+        f"decode {result.decode_tokens_per_second:.1f} tokens/s ({generator.backend})"
     )
+    if generator.backend == "cerebras":
+        console.step(generator.program.report())
     return 0
 
 
@@ -701,15 +737,29 @@ def _check_generation(
     batch: int | None,
     seq_len: int | None,
     seed: int,
+    wafer: dict[str, str],
 ) -> int:
     """`cgc check MODEL --generate N`."""
     from cgc import driver
-    from cgc.generation import context_length, step_program
+    from cgc.generation import context_length
     from cgc.generation.check import check_generation
+    from cgc.generation.steps import BACKENDS
 
     for name in backends:
-        if name not in ("onnxruntime", "interpreter"):
-            step_program(name, None, None)  # cerebras: not available yet; else unknown
+        if name not in BACKENDS:
+            raise InputError(
+                f"unknown generation backend {name!r}; choose one of {', '.join(BACKENDS)}"
+            )
+    tolerances = {}
+    if wafer.get("precision", "fp32") != "fp32":
+        from cgc.backends.cerebras import UNIT_ROUNDOFF
+
+        # Only the wafer computes in 16 bits; see README: 16-bit tolerances.
+        wafer_tol = 32 * UNIT_ROUNDOFF[wafer["precision"]]
+        tolerances["cerebras"] = (
+            wafer_tol if rtol is None else rtol,
+            wafer_tol if atol is None else atol,
+        )
     if driver.is_onnx(model):
         raise InputError("--generate traces a PyTorch model; an .onnx file cannot be used")
     python_file = model.endswith(".py") or ".py:" in model
@@ -728,6 +778,8 @@ def _check_generation(
         rtol=1e-4 if rtol is None else rtol,
         atol=1e-4 if atol is None else atol,
         pipeline=pipeline,
+        options={"cerebras": wafer},
+        tolerances=tolerances,
         progress=console.step,
     )
     console.result(report.text())

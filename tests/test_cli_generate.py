@@ -1,5 +1,6 @@
 """`cgc generate`, `cgc compile --generate` and `cgc check --generate` on the command line."""
 
+import json
 import re
 
 import pytest
@@ -8,6 +9,7 @@ from click.testing import CliRunner
 from cgc.cli import main
 
 PROMPT = "ABC 123"  # bytes below the tiny models' 97-token vocabulary
+WAFER = ["--backend", "cerebras", "--target", "fabric:32x32"]
 STATS = re.compile(
     r"prompt tokens 7, new tokens 8, prefill [\d.]+ ms, decode [\d.]+ tokens/s \((\w+)\)"
 )
@@ -82,12 +84,54 @@ def test_artifact_generates_without_the_model(tmp_path) -> None:
     )
 
 
+def test_generate_on_the_wafer_simulator_and_its_decode_report() -> None:
+    args = ["generate", "tiny-111m", "--prompt", PROMPT, "--max-new-tokens", "8", "--no-stream"]
+    wafer = cgc(*args, *WAFER)
+    assert generated(wafer) == generated(cgc(*args))
+    assert STATS.search(wafer.stderr).group(1) == "cerebras"
+    assert "\nper-token latency " in wafer.stderr
+    assert "\nfull pipeline: one pass per " in wafer.stderr
+
+
+def test_a_wafer_generation_artifact(tmp_path) -> None:
+    out = tmp_path / "gen"
+    compiled = cgc("compile", "tiny-111m", "--generate", "-o", str(out), "--max-len", "32",
+                   "--seq-len", "4", *WAFER)  # fmt: skip
+    assert compiled.exit_code == 0, compiled.output
+    assert compiled.stdout.rstrip().endswith(f"artifact: {out} (cerebras)")
+    assert "decode: batch 1, one token per sequence per pass; caches of " in compiled.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "graph.cgc", "manifest.json", "prefill.cgc", "program.json", "program.txt",
+        "report.json", "wafer.png", "weights.safetensors",
+    ]  # fmt: skip
+    decode = json.loads((out / "report.json").read_text())["decode"]
+    assert (decode["capacity"], decode["batch"], decode["prompt_tokens"]) == (32, 1, 4)
+    assert decode["cache_sequences"] >= decode["sequences_in_flight"]
+    args = ["--prompt", PROMPT, "--max-new-tokens", "8", "--no-stream"]
+    from_artifact = cgc("generate", str(out), *args)
+    assert generated(from_artifact) == generated(cgc("generate", "tiny-111m", *args))
+    assert STATS.search(from_artifact.stderr).group(1) == "cerebras"
+    elsewhere = cgc("generate", str(out), *args, "--backend", "onnxruntime")
+    assert elsewhere.exit_code == 2
+    assert elsewhere.stderr.strip() == (
+        f"error: {out} runs on cerebras as compiled; drop --backend, --target and --precision"
+    )
+
+
 def test_check_generate_passes() -> None:
     result = cgc("check", "tiny-256m", "--generate", "8", "--seq-len", "6", "--batch", "2")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "tiny-256m: 2 prompt(s) of 6, 6 tokens, 8 new tokens, greedy"
     assert re.match(r"onnxruntime +16/16 ", lines[-2]) and lines[-1] == "PASS"
+
+
+def test_check_generate_on_the_wafer() -> None:
+    result = cgc("check", "tiny-256m", "--generate", "8", "--seq-len", "6", "--backends",
+                 "cerebras", "--target", "fabric:32x32")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert re.match(r"cerebras +8/8 ", lines[-2]) and lines[-1] == "PASS"
 
 
 @pytest.mark.parametrize(
@@ -104,9 +148,14 @@ def test_check_generate_passes() -> None:
             "64 positions",
         ),
         (
-            ["--prompt", PROMPT, "--backend", "cerebras", "--max-new-tokens", "8"],
-            "error: generation on the cerebras backend is not available yet (decode on the "
-            "layer-pipelined wafer plan is planned); use --backend onnxruntime or interpreter",
+            ["--prompt", PROMPT, "--max-new-tokens", "8", *WAFER[:3], "fabric:2x2"],
+            "error: decode with the K/V caches of 1 sequence x 14 slots (14.0 KiB) does not fit "
+            "fabric:2x2: pipelined: the weights and buffers of all 9 stages need 27 PEs, "
+            "fabric:2x2 has 4 usable",
+        ),
+        (
+            ["--prompt", PROMPT, "--target", "fabric:32x32"],
+            "error: --target and --precision apply to --backend cerebras, not onnxruntime",
         ),
         (
             ["--prompt", "hello", "--max-new-tokens", "8"],
@@ -114,7 +163,7 @@ def test_check_generate_passes() -> None:
             "use characters the vocabulary covers",
         ),
     ],
-    ids=["empty", "over capacity", "past context", "cerebras", "outside vocabulary"],
+    ids=["empty", "over capacity", "past context", "wafer too small", "target", "vocabulary"],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message) -> None:
     result = cgc("generate", "tiny-111m", *args)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cgc.backends.cerebras.kernels.cached_attention import CACHE_SEQUENCES
 from cgc.backends.cerebras.placement import Placement
 from cgc.backends.cerebras.planner import (
     Plan,
@@ -48,8 +49,9 @@ def _type(t: TensorType) -> dict[str, Any]:
     return {"dtype": t.dtype, "shape": list(t.shape)}
 
 
-def _meta(node) -> dict[str, str]:
-    return {k: node.meta[k] for k in ("scope", "source") if k in node.meta}
+def _meta(node) -> dict[str, Any]:
+    # The caches a cached_attention kernel keeps: its tiling depends on them.
+    return {k: node.meta[k] for k in ("scope", "source", CACHE_SEQUENCES) if k in node.meta}
 
 
 def build_program(plan: Plan, placement: Placement, weights_note: str | None) -> dict[str, Any]:

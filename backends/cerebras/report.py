@@ -12,7 +12,9 @@ Definitions (one pass = the program's whole input batch, `tokens` tokens):
 - PE utilisation = Σ region PEs · region cycles / (usable PEs · period): the busy share;
 - model-FLOPs utilisation (MFU) = FLOPs of a pass (the op registry's count for the graph's
   kernels) · passes/s / the dense peak of the usable PEs in the program's precision;
-- SRAM headroom = 1 - the busiest PE's bytes / usable SRAM per PE.
+- SRAM headroom = 1 - the busiest PE's bytes / usable SRAM per PE;
+- a decode program (a `generation` section) adds per-token latency and decode throughput
+  (decode.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from math import prod
 from statistics import mean
 from typing import Any
 
+from cgc.backends.cerebras import decode
 from cgc.text import count
 
 
@@ -95,6 +98,7 @@ def estimate(program: dict[str, Any], region_cycles: list[int] | None = None) ->
         "colors": 1 + max((r["color"] for r in routes), default=-1),
         "max_hops": max(hops, default=0),
         "mean_hops": _round(mean(hops)) if hops else 0.0,
+        **({"decode": decode.estimate(program, cycles)} if "generation" in program else {}),
     }
 
 
@@ -119,6 +123,8 @@ def render(report: dict[str, Any], *, per_region: bool = True) -> str:
         f"routes {r['routes']} on {r['colors']} colors, hops max {r['max_hops']} "
         f"mean {r['mean_hops']:.2f}",
     ]
+    if "decode" in r:
+        lines.append(decode.render(r["decode"]))
     if per_region:
         lines.append(f"{'region':>6} {'layer':<6} {'PEs':>8} {'cycles':>11} {'SRAM B/PE':>9}  ops")
         for reg in r["regions"]:

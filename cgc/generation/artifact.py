@@ -1,7 +1,10 @@
 """The generation artifact (`cgc compile --generate`): both step graphs, runnable without the
 model's source.
 
-Files: `prefill.onnx` and `decode.onnx` sharing `weights.onnx.data` (each weight stored once),
+Files: for ONNX Runtime, `prefill.onnx` and `decode.onnx` sharing `weights.onnx.data` (each
+weight stored once); for the wafer, the decode program as every wafer artifact holds it
+(`program.json`, `program.txt`, `weights.safetensors`, `report.json` with the decode figures,
+`wafer.png`: a prompt streams through that program, see cgc.backends.cerebras.steps); then
 `graph.cgc` (the decode graph) and `prefill.cgc` as text, the tokenizer (`tokenizer.json` when
 the model came with one), and `manifest.json` hashing every file, as every cgc artifact.
 """
@@ -25,24 +28,32 @@ PREFILL_IR = "prefill.cgc"
 
 
 class GenerationArtifact(Artifact):
-    """Prefill and decode graphs for ONNX Runtime, with the tokenizer."""
-
-    backend = "onnxruntime"
+    """Prefill and decode graphs for ONNX Runtime, or the decode program of a wafer
+    (`wafer`, from cgc.backends.cerebras.decode_plan), with the tokenizer."""
 
     def __init__(
-        self, graphs: StepGraphs, tokenizer: Tokenizer, info: dict[str, Any] | None = None
+        self,
+        graphs: StepGraphs,
+        tokenizer: Tokenizer,
+        info: dict[str, Any] | None = None,
+        wafer: Artifact | None = None,
     ) -> None:
         super().__init__(graphs.decode, {**(info or {}), "kind": KIND})
         self.graphs = graphs
         self.tokenizer = tokenizer
+        self.wafer = wafer
+        self.backend = "onnxruntime" if wafer is None else wafer.backend
 
     def write_files(self, folder: Path, progress: Callable[[str], None]) -> dict[str, str]:
-        from cgc.backends.onnxruntime.export import to_onnx_models
-        from cgc.backends.onnxruntime.steps import DECODE_FILE, PREFILL_FILE, WEIGHTS_FILE
+        if self.wafer is not None:
+            digests = self.wafer.write_files(folder, progress) or {}
+        else:
+            from cgc.backends.onnxruntime.export import to_onnx_models
+            from cgc.backends.onnxruntime.steps import DECODE_FILE, PREFILL_FILE, WEIGHTS_FILE
 
-        progress(f"writing {PREFILL_FILE}, {DECODE_FILE} and their shared weights")
-        graphs = {PREFILL_FILE: self.graphs.prefill, DECODE_FILE: self.graphs.decode}
-        digests = to_onnx_models(graphs, folder, WEIGHTS_FILE)
+            progress(f"writing {PREFILL_FILE}, {DECODE_FILE} and their shared weights")
+            graphs = {PREFILL_FILE: self.graphs.prefill, DECODE_FILE: self.graphs.decode}
+            digests = to_onnx_models(graphs, folder, WEIGHTS_FILE)
         (folder / PREFILL_IR).write_text(str(self.graphs.prefill))
         self.info["tokenizer"] = self.tokenizer.save(folder)
         self.info["capacity"] = self.graphs.capacity
@@ -55,10 +66,11 @@ class GenerationArtifact(Artifact):
 
     def summary(self) -> str:
         g = self.graphs
-        return (
+        text = (
             f"generation: batch {g.batch}, prefill {g.prompt_tokens} tokens, "
             f"cache capacity {g.capacity} tokens"
         )
+        return text if self.wafer is None else f"{text}\n{self.wafer.summary()}"
 
 
 def is_generation_artifact(folder: str | Path) -> bool:
@@ -70,7 +82,8 @@ def is_generation_artifact(folder: str | Path) -> bool:
 
 
 def load_generation(folder: str | Path) -> tuple[StepGraphs, Tokenizer, dict[str, Any]]:
-    """The step graphs (weights in the ONNX files), tokenizer and info of an artifact folder."""
+    """The step graphs (weights in the backend's files), tokenizer and manifest of an
+    artifact folder."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     info = manifest.get("info", {})
@@ -79,4 +92,4 @@ def load_generation(folder: str | Path) -> tuple[StepGraphs, Tokenizer, dict[str
     graphs = StepGraphs(
         parse((folder / PREFILL_IR).read_text()), parse((folder / "graph.cgc").read_text())
     )
-    return graphs, load_tokenizer(info["tokenizer"], base=folder), info
+    return graphs, load_tokenizer(info["tokenizer"], base=folder), manifest

@@ -25,6 +25,7 @@ class Generator:
     program: StepProgram
     graphs: StepGraphs
     tokenizer: Tokenizer
+    backend: str
 
     def run(
         self,
@@ -73,20 +74,24 @@ def open_generator(
     texts: Sequence[str],
     *,
     max_new_tokens: int,
-    backend: str,
+    backend: str | None = None,
     capacity: int | None = None,
     seed: int = 0,
+    wafer: dict[str, str] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> tuple[Generator, list[list[int]]]:
-    """A generator for MODEL or ARTIFACT sized for these prompts, and the prompts' ids."""
+    """A generator for MODEL (on `backend`, onnxruntime by default; `wafer`: the cerebras
+    target and precision) or ARTIFACT (on the backend it was compiled for) sized for these
+    prompts, and the prompts' ids."""
     from cgc.generation.artifact import is_generation_artifact, load_generation
 
-    if backend == "cerebras":
-        step_program(backend, None, None)  # says it is not available yet
     if is_generation_artifact(spec):
-        if backend != "onnxruntime":
-            raise InputError(f"a generation artifact runs on onnxruntime, not {backend}")
-        graphs, tokenizer, _ = load_generation(spec)
+        graphs, tokenizer, manifest = load_generation(spec)
+        built = manifest["backend"]
+        if backend not in (None, built) or wafer:
+            raise InputError(
+                f"{spec} runs on {built} as compiled; drop --backend, --target and --precision"
+            )
         prompts = encode_prompts(tokenizer, texts, graphs.vocab)
         if len(prompts) > graphs.batch:
             raise InputError(
@@ -94,10 +99,11 @@ def open_generator(
                 "recompile with --batch"
             )
         _fits(prompts, max_new_tokens, graphs.capacity, "the artifact's cache capacity")
-        from cgc.backends.onnxruntime.steps import OrtSteps
-
-        program = OrtSteps(graphs.prefill, graphs.decode, Path(spec))
-        return Generator(Path(spec).name, program, graphs, tokenizer), prompts
+        program = _artifact_steps(spec, graphs, manifest)
+        return Generator(Path(spec).name, program, graphs, tokenizer, built), prompts
+    backend = backend or "onnxruntime"
+    if wafer and backend != "cerebras":
+        raise InputError(f"--target and --precision apply to --backend cerebras, not {backend}")
     from cgc import driver
 
     loaded = driver.load_model(spec, seed=seed)
@@ -121,9 +127,20 @@ def open_generator(
         loaded.module, batch=len(prompts), capacity=capacity, prompt_tokens=min(map(len, prompts))
     )
     progress(f"compiling for {backend} ...")
-    return Generator(
-        loaded.name, step_program(backend, graphs.prefill, graphs.decode), graphs, tokenizer
-    ), prompts
+    program = step_program(backend, graphs.prefill, graphs.decode, **(wafer or {}))
+    return Generator(loaded.name, program, graphs, tokenizer, backend), prompts
+
+
+def _artifact_steps(folder: str, graphs: StepGraphs, manifest: dict) -> StepProgram:
+    """The step program of a generation artifact, on the backend it was compiled for."""
+    if manifest["backend"] == "cerebras":
+        from cgc.backends.cerebras import load
+        from cgc.backends.cerebras.steps import CerebrasSteps
+
+        return CerebrasSteps(load(Path(folder), manifest))
+    from cgc.backends.onnxruntime.steps import OrtSteps
+
+    return OrtSteps(graphs.prefill, graphs.decode, Path(folder))
 
 
 def _fits(prompts: list[list[int]], max_new_tokens: int, capacity: int, what: str) -> None:

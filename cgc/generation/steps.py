@@ -52,8 +52,7 @@ def step_program(backend: str, prefill: Graph, decode: Graph, **options) -> Step
 
         return OrtSteps(prefill, decode, **options)
     if backend == "cerebras":
-        raise InputError(
-            "generation on the cerebras backend is not available yet (decode on the "
-            "layer-pipelined wafer plan is planned); use --backend onnxruntime or interpreter"
-        )
+        from cgc.backends.cerebras.steps import CerebrasSteps
+
+        return CerebrasSteps.compile(prefill, decode, **options)
     raise InputError(f"unknown generation backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -4,6 +4,9 @@ of eager PyTorch recomputing the full sequence at every step, with every step's 
 must also equal its own `generate`), nanoGPT- and minGPT-style models, and a batch of prompts of
 different lengths. 64 new tokens after a 32-token prompt; tiny configs get 128 positions so both
 fit their context.
+
+The wafer simulator (fp32, a small fabric) is checked the same way on three of these models;
+`CGC_SLOW=1` runs it on the whole list.
 """
 
 import dataclasses
@@ -19,6 +22,8 @@ from cgc.generation.check import check_generation, eager_greedy
 
 PROMPT, NEW = 32, 64
 TINY = [name for name in models.available() if name.startswith("tiny-")]
+SLOW = not os.environ.get("CGC_SLOW")
+WAFER = {"cerebras": {"target": "fabric:32x32"}}
 
 
 def prompts(vocab: int, lengths=(PROMPT,)) -> list[list[int]]:
@@ -97,5 +102,72 @@ def test_zoo_models_without_a_cache(style):
 def test_cerebras_gpt_111m():
     module = models.build("cerebras-gpt-111m").eval()
     report = check_generation("cerebras-gpt-111m", module, prompts(50257), NEW, ["onnxruntime"])
+    print(report.text())
+    assert_passes(report)
+
+
+@pytest.fixture
+def one_thread():
+    """The simulator runs many tiny tile operations: one torch thread avoids waking a pool for
+    each (3x faster on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(name: str) -> torch.nn.Module:
+    config = dataclasses.replace(models.get_config(name), n_positions=128)
+    return models.GPT(config, seed=0).eval()
+
+
+def zoo(style) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return style.GPT(style.GPTConfig(block_size=128)).eval()
+
+
+def hugging_face() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=96, n_positions=128)
+    return LogitsOnly(GPT2LMHeadModel(config).eval())
+
+
+WAFER_MODELS = {
+    "tiny-111m": lambda: tiny("tiny-111m"),
+    "nanogpt": lambda: zoo(nanogpt),
+    "gpt2": hugging_face,
+}
+EVERY_MODEL = {
+    **{name: (lambda name=name: tiny(name)) for name in TINY},
+    "nanogpt": lambda: zoo(nanogpt),
+    "mingpt": lambda: zoo(mingpt),
+    "gpt2": hugging_face,
+}
+
+
+def check_on_the_wafer(name: str, module: torch.nn.Module) -> None:
+    embeddings = (m for m in module.modules() if isinstance(m, torch.nn.Embedding))
+    vocab = next(embeddings).num_embeddings  # the token embedding comes first
+    report = check_generation(name, module, prompts(vocab), NEW, ["cerebras"], options=WAFER)
+    print(report.text())
+    assert_passes(report)
+
+
+@pytest.mark.parametrize("name", WAFER_MODELS)
+def test_the_wafer_simulator_generates_eagers_tokens(name, one_thread):
+    check_on_the_wafer(name, WAFER_MODELS[name]())
+
+
+@pytest.mark.skipif(SLOW, reason="every model on the wafer simulator: set CGC_SLOW=1 (minutes)")
+@pytest.mark.parametrize("name", EVERY_MODEL)
+def test_the_wafer_simulator_on_every_model(name, one_thread):
+    check_on_the_wafer(name, EVERY_MODEL[name]())
+
+
+@pytest.mark.skipif(SLOW, reason="a batch on the wafer simulator: set CGC_SLOW=1 (minutes)")
+def test_the_wafer_simulator_on_a_batch_of_prompts(one_thread):
+    module = tiny("tiny-111m")
+    batch = prompts(module.config.vocab_size, lengths=(32, 9, 27, 20))
+    report = check_generation("tiny-111m", module, batch, NEW, ["cerebras"], options=WAFER)
     print(report.text())
     assert_passes(report)

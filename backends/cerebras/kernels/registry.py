@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cgc.backends.cerebras.kernels.attention import Attention
 from cgc.backends.cerebras.kernels.base import Kernel
+from cgc.backends.cerebras.kernels.cached_attention import CachedAttention
 from cgc.backends.cerebras.kernels.data_movement import FREE_OPS, Free, Transpose, keeps_order
 from cgc.backends.cerebras.kernels.elementwise import ELEMENT_COST, Elementwise
 from cgc.backends.cerebras.kernels.embedding import Embedding
@@ -18,6 +19,7 @@ KERNELS: dict[str, type[Kernel]] = {
     "linear": Linear,
     "matmul": Matmul,
     "attention": Attention,
+    "cached_attention": CachedAttention,
     "layer_norm": LayerNorm,
     "embedding": Embedding,
     "gelu": Elementwise,

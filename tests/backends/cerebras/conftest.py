@@ -77,3 +77,11 @@ def _fused_gpt(
 def fused_gpt() -> Callable[..., Graph]:
     """Build a fused GPT graph (see `_fused_gpt`)."""
     return _fused_gpt
+
+
+@pytest.fixture(scope="session")
+def step_graphs() -> tuple[Graph, Graph]:
+    """Prefill (4 tokens) and decode graphs of the fused GPT, a cache of 16 slots per layer."""
+    from cgc.passes.kv_cache import derive_step_graphs
+
+    return derive_step_graphs(_fused_gpt(seq=16), 4)
