@@ -640,7 +640,7 @@ def annotate(graph: Graph, stages: list[Stage], free: dict[str, int], plan: Floo
 def clear(graph: Graph) -> None:
     """Remove the annotations of earlier partitioning passes."""
     for node in graph.nodes:
-        for key in ("stage", "region", "slot", "step"):
+        for key in ("stage", "region", "slot", "step", "recompute"):
             node.meta.pop(key, None)
 
 

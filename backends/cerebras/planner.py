@@ -17,6 +17,10 @@ one after another on the same PE rectangle:
   latest producer's stage (or, reading only host data, their earliest consumer's) and ride on
   the routes.
 
+A joint (training) graph, autodiff's (loss, grad.<param> ...), is grouped in two halves: the
+nodes the loss depends on as above, then the backward nodes by their layers (see
+`_group_backward`), in stages marked `direction="backward"`.
+
 A stage consumes only values of stages with lower or equal index, so running stages in index
 order, and each stage's nodes in graph order, is a valid schedule.
 
@@ -33,10 +37,11 @@ import re
 from dataclasses import dataclass, replace
 
 from cgc.backends.cerebras.kernels import Kernel, kernel_for
+from cgc.backends.cerebras.kernels.gemm_backward import is_data_gradient, reads_transposed_tokens
 from cgc.backends.cerebras.machine import Machine, get_machine
 from cgc.backends.cerebras.precision import BYTES, check_precision
 from cgc.errors import CgcError, InputError, IRError
-from cgc.ir import Graph, Node
+from cgc.ir import Graph, Node, Value
 
 ANCHOR_OPS = frozenset({"linear", "embedding"})  # the ops that keep a weight matrix resident
 # Longest side of a region over its shortest: thin regions would make the tiling's row or
@@ -61,6 +66,7 @@ class Stage:
     anchor: Node | None  # the linear or embedding that started it
     parts: int = 1
     step: int | None = None  # weight streaming: the step (layer) it runs in
+    direction: str = "forward"  # "backward" in a joint graph's backward half
 
     @property
     def splittable(self) -> bool:
@@ -76,7 +82,28 @@ class Stage:
 def group_stages(
     graph: Graph, machine: Machine, precision: str
 ) -> tuple[list[Stage], dict[str, int]]:
-    """The graph's stages, and the stage of every free node (by its first output's name)."""
+    """The graph's stages, and the stage of every free node (by its first output's name).
+
+    A joint graph's forward half is grouped as any forward graph, its backward half by
+    `_group_backward`.
+    """
+    loss = joint_loss(graph)
+    if loss is None:
+        stages, free, _ = _group_forward(graph, graph.nodes, machine, precision)
+        return stages, free
+    ahead = _ancestors(loss)
+    forward = [n for n in graph.nodes if id(n) in ahead]
+    stages, free, value_stage = _group_forward(graph, forward, machine, precision)
+    backward = [n for n in graph.nodes if id(n) not in ahead]
+    _group_backward(graph, backward, stages, free, value_stage, machine, precision)
+    return stages, free
+
+
+def _group_forward(
+    graph: Graph, nodes: list[Node], machine: Machine, precision: str
+) -> tuple[list[Stage], dict[str, int], dict[str, int]]:
+    """Stages of `nodes` (a forward graph, or the forward half of a joint graph), the stage of
+    every free node, and the stage of every value they produce."""
     stages: list[Stage] = []
     value_stage: dict[str, int] = {}
     free: dict[str, int] = {}
@@ -112,7 +139,7 @@ def group_stages(
         stages.append(Stage(len(stages), [], layer, node if node.op in ANCHOR_OPS else None))
         return len(stages) - 1
 
-    for node in graph.nodes:
+    for node in nodes:
         is_free = kernel_for(node, machine, precision).free
         produced = [value_stage[v.name] for v in node.inputs if v.name in value_stage]
         if produced and (is_free or node.op not in ANCHOR_OPS):
@@ -136,13 +163,23 @@ def group_stages(
     order = {id(n): i for i, n in enumerate(graph.nodes)}
     for stage in stages:
         stage.nodes.sort(key=lambda n: order[id(n)])
-    # Constants run with their earliest consumer (users come later, so resolve backwards).
-    for node in sorted(waiting.values(), key=lambda n: -order[id(n)]):
+    _with_first_consumer(list(waiting.values()), order, stages, free, value_stage)
+    return stages, free, value_stage
+
+
+def _with_first_consumer(
+    nodes: list[Node],
+    order: dict[int, int],
+    stages: list[Stage],
+    free: dict[str, int],
+    value_stage: dict[str, int],
+) -> None:
+    """Constants run with their earliest consumer (users come later, so resolve backwards)."""
+    for node in sorted(nodes, key=lambda n: -order[id(n)]):
         users = [u for v in node.outputs for u in v.users]
         found = [free.get(u.outputs[0].name, value_stage.get(u.outputs[0].name)) for u in users]
         found = [s for s in found if s is not None]
         free[node.outputs[0].name] = min(found) if found else stages[-1].index
-    return stages, free
 
 
 def _layer(node: Node, block_seen: bool) -> str:
@@ -151,6 +188,108 @@ def _layer(node: Node, block_seen: bool) -> str:
     if match:
         return f"h.{int(match[1])}"
     return "post" if block_seen else "pre"
+
+
+GRAD = "grad."  # autodiff's prefix of a joint graph's gradient outputs
+
+
+def joint_loss(graph: Graph) -> Value | None:
+    """The loss of a joint (training) graph: its first output, 0-d, followed by gradient
+    outputs `grad.<param>` (what autodiff returns); None for any other graph."""
+    if not graph.outputs or not any(v.name.startswith(GRAD) for v in graph.outputs[1:]):
+        return None
+    loss = graph.outputs[0]
+    return loss if loss.type.rank == 0 and loss.type.is_float else None
+
+
+def _ancestors(value: Value) -> set[int]:
+    """Ids of the nodes `value` depends on, its producer included."""
+    found: set[int] = set()
+    todo = [value.producer] if value.producer is not None else []
+    while todo:
+        node = todo.pop()
+        if id(node) not in found:
+            found.add(id(node))
+            todo += [v.producer for v in node.inputs if v.producer is not None]
+    return found
+
+
+def is_backward_anchor(node: Node) -> bool:
+    """Whether a backward node starts a stage: it keeps a weight-sized operand or accumulator
+    resident (a linear, a data gradient with its weight, a weight or embedding gradient)."""
+    return (
+        node.op in ANCHOR_OPS
+        or node.op == "embedding_grad"
+        or is_data_gradient(node)
+        or reads_transposed_tokens(node)
+    )
+
+
+def _group_backward(
+    graph: Graph,
+    nodes: list[Node],
+    stages: list[Stage],
+    free: dict[str, int],
+    value_stage: dict[str, int],
+    machine: Machine,
+    precision: str,
+) -> None:
+    """Add the stages of a joint graph's backward half (nodes that do not feed the loss).
+
+    Autodiff gives each backward node the scope of the forward node it differentiates, so a
+    node's layer is its scope's block (h.N), or "post" before the first block's backward and
+    "pre" after it; a node without a scope takes its latest backward producer's layer. A node
+    that keeps a weight-sized operand or accumulator resident (`is_backward_anchor`) starts a
+    stage of its layer, so a weight matrix gets a stage for its data gradient and one for its
+    weight gradient. Any other kernel joins the latest backward stage of its layer when that
+    comes after all its producers, else its latest producer's stage when that is a backward
+    one, else starts a stage; free nodes ride with their latest producer, and constants with
+    their first consumer.
+    """
+    block_seen = False
+    latest: dict[str, int] = {}  # layer -> its latest backward stage
+    waiting: list[Node] = []
+
+    def new_stage(node: Node, layer: str) -> int:
+        anchor = node if is_backward_anchor(node) else None
+        stages.append(Stage(len(stages), [], layer, anchor, direction="backward"))
+        latest[layer] = len(stages) - 1
+        return len(stages) - 1
+
+    for node in nodes:
+        produced = [value_stage[v.name] for v in node.inputs if v.name in value_stage]
+        is_free = kernel_for(node, machine, precision).free
+        if is_free and not produced:
+            waiting.append(node)
+            continue
+        match = _BLOCK.search(node.meta.get("scope", ""))
+        if match:
+            layer = f"h.{int(match[1])}"
+            block_seen = True
+        elif node.meta.get("scope") or not produced:
+            layer = "pre" if block_seen else "post"
+        else:
+            behind = [s for s in produced if stages[s].direction == "backward"]
+            layer = stages[max(behind)].layer if behind else ("pre" if block_seen else "post")
+        last = max(produced, default=-1)
+        if is_free:
+            stage = last
+        elif is_backward_anchor(node):
+            stage = new_stage(node, layer)
+        elif latest.get(layer, -1) >= last:
+            stage = latest[layer]
+        elif last >= 0 and stages[last].direction == "backward":
+            stage = last
+        else:
+            stage = new_stage(node, layer)
+        if is_free:
+            free[node.outputs[0].name] = stage
+        else:
+            stages[stage].nodes.append(node)
+        for v in node.outputs:
+            value_stage[v.name] = stage
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    _with_first_consumer(waiting, order, stages, free, value_stage)
 
 
 def part_range(n: int, parts: int, part: int) -> tuple[int, int]:
@@ -198,6 +337,18 @@ def param_bytes(graph: Graph, nodes: list[Node], precision: str) -> int:
         graph.params[n].type.numel * (BYTES[precision] if graph.params[n].type.is_float else 4)
         for n in names
     )
+
+
+def streaming_steps(stages: list[Stage]) -> list[list[Stage]]:
+    """Consecutive stages of the same layer (and direction), one step each."""
+    steps: list[list[Stage]] = []
+    for stage in stages:
+        last = steps[-1][0] if steps else None
+        if last is not None and (last.layer, last.direction) == (stage.layer, stage.direction):
+            steps[-1].append(stage)
+        else:
+            steps.append([stage])
+    return steps
 
 
 def stream_cycles(weight_bytes: int, machine: Machine) -> int:

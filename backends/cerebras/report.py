@@ -13,6 +13,11 @@ Definitions (one pass = the program's whole input batch, `tokens` tokens):
 - model-FLOPs utilisation (MFU) = FLOPs of a pass (the op registry's count for the graph's
   kernels) · passes/s / the dense peak of the usable PEs in the program's precision;
 - SRAM headroom = 1 - the busiest PE's bytes / usable SRAM per PE.
+
+A training program streamed by layer (a `training` section) adds to each step the forward
+nodes it recomputes, takes max(compute, weights in, gradients out) per step and reports which
+bounds it, and adds the iteration-boundary bubble to the period (one training step); its PEs'
+bytes include their share of the activations live across the step.
 """
 
 from __future__ import annotations
@@ -33,15 +38,31 @@ def tokens(program: dict[str, Any]) -> int:
     return max(1, prod(shape[:-1]))
 
 
-def estimate(program: dict[str, Any], region_cycles: list[int] | None = None) -> dict[str, Any]:
-    """The report as plain data; `region_cycles` overrides the program's (as simulated)."""
+def estimate(
+    program: dict[str, Any],
+    region_cycles: list[int] | None = None,
+    recompute_cycles: dict[int, int] | None = None,
+) -> dict[str, Any]:
+    """The report as plain data; `region_cycles` and a training program's `recompute_cycles`
+    per step override the program's (as simulated)."""
     machine = program["machine"]
     regions = program["regions"]
     cycles = region_cycles or [r["cycles"] for r in regions]
     usable = machine["usable"]["cols"] * machine["usable"]["rows"]
     clock = machine["clock_hz"]
     flops = sum(k["flops"] for r in regions for k in r["kernels"])
-    if program["mode"] == "pipelined":
+    training = None
+    sram = max(r["sram_bytes"] for r in regions)
+    if program.get("training") and program["mode"] == "streaming":
+        training = _training_steps(program, cycles, recompute_cycles)
+        stage_times = [s["cycles"] for s in training["steps"]]
+        period = sum(stage_times) + training["bubble_cycles"]
+        worst = max(range(len(stage_times)), key=stage_times.__getitem__)
+        bottleneck = {"step": worst, "cycles": stage_times[worst]}
+        busy = usable * (sum(cycles) + sum(s["recompute_cycles"] for s in training["steps"]))
+        assigned = 1.0
+        sram = training.pop("sram_bytes")
+    elif program["mode"] == "pipelined":
         stage_times = cycles
         period = max(cycles)
         bottleneck = {"region": cycles.index(period), "cycles": period}
@@ -61,7 +82,6 @@ def estimate(program: dict[str, Any], region_cycles: list[int] | None = None) ->
         busy = usable * sum(cycles)
         assigned = 1.0
     passes_per_s = clock / period
-    sram = max(r["sram_bytes"] for r in regions)
     routes = program["routes"]
     hops = [h for r in routes for h in r["hops"]]
     return {
@@ -95,6 +115,52 @@ def estimate(program: dict[str, Any], region_cycles: list[int] | None = None) ->
         "colors": 1 + max((r["color"] for r in routes), default=-1),
         "max_hops": max(hops, default=0),
         "mean_hops": _round(mean(hops)) if hops else 0.0,
+        **({"training": training} if training is not None else {}),
+    }
+
+
+def _training_steps(
+    program: dict[str, Any], cycles: list[int], recompute: dict[int, int] | None
+) -> dict[str, Any]:
+    """A training program's streaming steps with `cycles` per region: each step's time and
+    bound, the iteration-boundary bubble, the traffic, and the SRAM of the busiest PE."""
+    compute: dict[int, int] = {}
+    sram: dict[int, int] = {}
+    for r, c in zip(program["regions"], cycles, strict=True):
+        compute[r["step"]] = compute.get(r["step"], 0) + c
+        sram[r["step"]] = max(sram.get(r["step"], 0), r["sram_bytes"])
+    usable = program["machine"]["usable"]["cols"] * program["machine"]["usable"]["rows"]
+    steps = []
+    for s in program["steps"]:
+        again = s["recompute_cycles"] if recompute is None else recompute[s["step"]]
+        parts = (compute[s["step"]] + again, s["stream_cycles"], s["gradient_cycles"])
+        worst = max(range(3), key=parts.__getitem__)
+        steps.append(
+            {
+                "step": s["step"],
+                "layer": s["layer"],
+                "direction": s["direction"],
+                "compute_cycles": compute[s["step"]],
+                "recompute_cycles": again,
+                "cycles": parts[worst] + s["overhead_cycles"],
+                "bound": ("compute", "weights in", "gradients out")[worst],
+                "weight_bytes": s["weight_bytes"],
+                "gradient_bytes": s["gradient_bytes"],
+            }
+        )
+    return {
+        "update": program["training"]["update"],
+        # MemoryX updates the first step's weights only once every gradient is in (the
+        # global-norm clip needs them all), so their streaming cannot overlap the previous
+        # iteration's last step (inferred from Cerebras' MemoryX description).
+        "bubble_cycles": program["steps"][0]["stream_cycles"],
+        "weight_bytes_in": sum(s["weight_bytes"] for s in program["steps"]),
+        "gradient_bytes_out": sum(s["gradient_bytes"] for s in program["steps"]),
+        "recomputed": sorted({s["layer"] for s in program["steps"] if s["recompute"]}),
+        "steps": steps,
+        "sram_bytes": max(
+            sram[s["step"]] + -(-max(s["live_bytes"]) // usable) for s in program["steps"]
+        ),
     }
 
 
@@ -119,7 +185,25 @@ def render(report: dict[str, Any], *, per_region: bool = True) -> str:
         f"routes {r['routes']} on {r['colors']} colors, hops max {r['max_hops']} "
         f"mean {r['mean_hops']:.2f}",
     ]
-    if per_region:
+    training = r.get("training")
+    if training is not None:
+        bounds = [s["bound"] for s in training["steps"]]
+        counts = ", ".join(f"{bounds.count(b)} {b}" for b in dict.fromkeys(bounds))
+        again = ", ".join(training["recomputed"]) or "none"
+        lines.append(
+            f"training step: {count(len(bounds), 'step')} bound by {counts}; weights in "
+            f"{training['weight_bytes_in']:,} B, gradients out {training['gradient_bytes_out']:,}"
+            f" B; update in {training['update']} (bubble {training['bubble_cycles']:,} cycles);"
+            f" recomputed: {again}"
+        )
+    if per_region and training is not None:
+        lines.append(f"{'step':>4} {'layer':<6} {'direction':<9} {'cycles':>13}  bound")
+        for s in training["steps"]:
+            lines.append(
+                f"{s['step']:>4} {s['layer']:<6} {s['direction']:<9} {s['cycles']:>13,}  "
+                f"{s['bound']}"
+            )
+    elif per_region:
         lines.append(f"{'region':>6} {'layer':<6} {'PEs':>8} {'cycles':>11} {'SRAM B/PE':>9}  ops")
         for reg in r["regions"]:
             lines.append(

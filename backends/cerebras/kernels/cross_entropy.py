@@ -66,9 +66,7 @@ class _SoftmaxRows(Kernel):
         # row links two partial sums east and two statistics west per token.
         fabric = max(self.n * (words(t["v_tile"], self.b) + 1), t["m_tile"] * 4)
         rows_sum = (t["token_groups"] - 1) * (2 + m.task_overhead_cycles)
-        latency = (
-            m.hop_latency_cycles * (rows + 4 * t["chain"]) + m.task_overhead_cycles + rows_sum
-        )
+        latency = m.hop_latency_cycles * (rows + 4 * t["chain"]) + m.task_overhead_cycles + rows_sum
         return Cost(compute, fabric, latency, max(compute, fabric) + latency)
 
     def _statistics(self, x: torch.Tensor, v_tile: int) -> tuple[torch.Tensor, torch.Tensor]:

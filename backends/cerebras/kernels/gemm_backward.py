@@ -176,4 +176,3 @@ class WeightGradient(Kernel):
         step = tiling["m_tile"]
         partials = (at[:, m0 : m0 + step] @ x[m0 : m0 + step] for m0 in range(0, self.m, step))
         return [round_to(chain_sum(partials), self.precision)]
-

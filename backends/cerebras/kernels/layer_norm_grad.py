@@ -80,7 +80,8 @@ class LayerNormGrad(Kernel):
         dt, step = tiling["d_tile"], tiling["m_tile"]
         mean = (row_sum(x, dt) / self.d).unsqueeze(-1)
         centred = x - mean
-        rstd = torch.rsqrt(row_sum(centred * centred, dt) / self.d + self.attrs["eps"]).unsqueeze(-1)
+        var = row_sum(centred * centred, dt) / self.d
+        rstd = torch.rsqrt(var + self.attrs["eps"]).unsqueeze(-1)
         xhat = centred * rstd
         dxhat = dy * args[2] if self.gain else dy
         mean_d = (row_sum(dxhat, dt) / self.d).unsqueeze(-1)
