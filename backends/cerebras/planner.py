@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 
 from cgc.backends.cerebras.kernels import Kernel, kernel_for
 from cgc.backends.cerebras.kernels.gemm_backward import is_data_gradient, reads_transposed_tokens
+from cgc.backends.cerebras.kernels.optimizer import OptimizerUpdate
 from cgc.backends.cerebras.machine import Machine, get_machine
 from cgc.backends.cerebras.precision import BYTES, check_precision
 from cgc.errors import CgcError, InputError, IRError
@@ -67,6 +68,11 @@ class Stage:
     parts: int = 1
     step: int | None = None  # weight streaming: the step (layer) it runs in
     direction: str = "forward"  # "backward" in a joint graph's backward half
+    # Pipelined training (train_pipeline.py): forward activations the stage's backward kernels
+    # read, and the elements of the parameters it updates with `optimizer`.
+    stash_bytes: int = 0
+    update_elements: int = 0
+    optimizer: str = "adamw"
 
     @property
     def splittable(self) -> bool:
@@ -373,7 +379,8 @@ class RegionCost:
     """Cycles and per-PE SRAM of a region's kernels on a rows x cols rectangle.
 
     The kernels run one after another on the same PEs, so cycles add up; each keeps its
-    resident operands and buffers, so SRAM adds up too. A linear's tiling replicates its
+    resident operands and buffers, so SRAM adds up too, with what a pipelined training region
+    holds besides (`held_bytes`). A linear's tiling replicates its
     weights for speed as far as SRAM allows, so the stage's anchor is given the SRAM the other
     kernels leave (its `sram_budget`), not the whole PE. Results are memoised by shape and
     shared by regions with identical kernels (every transformer block has the same ones).
@@ -392,15 +399,27 @@ class RegionCost:
         self.anchor = next((i for i, n in enumerate(self.nodes) if n is anchor), None)
         self.full = [kernel_for(n, machine, precision) for n in self.nodes]
         self._budgeted: dict[int, Kernel] = {}
-        key = (tuple(_signature(k) for k in self.full), self.anchor)
+        self.stash = stage.stash_bytes
+        self.update = None
+        if stage.update_elements:
+            self.update = OptimizerUpdate(
+                stage.optimizer, stage.update_elements, machine, precision
+            )
+        held = (stage.stash_bytes, stage.update_elements, stage.optimizer)
+        key = (tuple(_signature(k) for k in self.full), self.anchor, held)
         self.id = _IDS.setdefault(key, len(_IDS))  # small keys: hashing signatures is slow
+
+    def held_bytes(self, rows: int, cols: int) -> int:
+        """SRAM per PE held besides the kernels: the stash's and the update state's shares."""
+        state = self.update.sram_bytes(rows, cols) if self.update is not None else 0
+        return -(-self.stash // (rows * cols)) + state
 
     def kernels(self, rows: int, cols: int) -> list[Kernel]:
         """The kernels on a rows x cols rectangle, the anchor with the SRAM the others leave."""
         if self.anchor is None:
             return self.full
         others = sum(k.sram_bytes(rows, cols) for i, k in enumerate(self.full) if i != self.anchor)
-        budget = max(0, self.machine.sram_usable_bytes - others)
+        budget = max(0, self.machine.sram_usable_bytes - others - self.held_bytes(rows, cols))
         if budget == self.machine.sram_usable_bytes:
             return self.full
         if budget not in self._budgeted:
@@ -420,7 +439,7 @@ class RegionCost:
             kernels = self.kernels(rows, cols)
             hit = (
                 sum(k.cycles(rows, cols) for k in kernels),
-                sum(k.sram_bytes(rows, cols) for k in kernels),
+                sum(k.sram_bytes(rows, cols) for k in kernels) + self.held_bytes(rows, cols),
             )
             _COSTS[key] = hit
         return hit
@@ -491,6 +510,8 @@ def read_plan(graph: Graph, machine: Machine, precision: str, mode: str) -> Plan
         slots = node.meta.get("slot") or [None] * len(rects)
         stage.parts = len(rects)
         stage.step = node.meta.get("step")
+        if "held" in node.meta:  # pipelined training: stash and optimizer update
+            stage.stash_bytes, stage.update_elements, stage.optimizer = node.meta["held"]
         for part, ((rows, cols, _), slot) in enumerate(zip(rects, slots, strict=True)):
             cost = RegionCost(stage, part, machine, precision)
             regions.append(

@@ -23,7 +23,9 @@ Schema `cgc.cerebras.program/1`:
   steps add `direction`, the nodes recomputed at its start (`recompute`, and their cycles),
   `gradient_bytes` streamed out, the activation bytes live entering and leaving it, the values
   dropped at its end (a recomputation makes them again) and its `bound` (compute, weights in
-  or gradients out).
+  or gradients out); a pipelined training program's regions add the forward activations they
+  keep (`stash_bytes`) and the update they run (`update`: parameter elements and cycles), and
+  its `training` section the optimizer and the sequences per step.
 
 `dumps` writes it with sorted keys and no timestamps: the same plan gives the same bytes.
 """
@@ -33,10 +35,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cgc.backends.cerebras.kernels.optimizer import norm_cycles
 from cgc.backends.cerebras.placement import Placement
 from cgc.backends.cerebras.planner import (
     GRAD,
     Plan,
+    Region,
     joint_loss,
     param_bytes,
     part_range,
@@ -120,7 +124,23 @@ def build_program(plan: Plan, placement: Placement, weights_note: str | None) ->
         }
         if plan.mode == "streaming":
             program["steps"] = _train_steps(plan)
+        else:
+            program["training"]["optimizer"] = plan.stages[0].optimizer
+            program["training"]["sequences"] = g.inputs[0].shape[0] if g.inputs else 1
+            program["training"]["norm_cycles"] = norm_cycles(m)
+            for entry, region in zip(program["regions"], plan.regions, strict=True):
+                entry.update(_held(region))
     return program
+
+
+def _held(region: Region) -> dict[str, Any]:
+    """What a pipelined training region holds besides its kernels, and its update's cycles."""
+    update = region.cost.update
+    cycles = update.cost(region.rows, region.cols).total if update is not None else 0
+    return {
+        "stash_bytes": region.stage.stash_bytes,
+        "update": {"elements": region.stage.update_elements, "cycles": cycles},
+    }
 
 
 def _values(g: Graph) -> dict[str, dict[str, Any]]:

@@ -26,6 +26,7 @@ from math import prod
 from statistics import mean
 from typing import Any
 
+from cgc.backends.cerebras.train_pipeline import step_cycles
 from cgc.text import count
 
 
@@ -68,6 +69,9 @@ def estimate(
         bottleneck = {"region": cycles.index(period), "cycles": period}
         busy = sum(r["pes"] * c for r, c in zip(regions, cycles, strict=True))
         assigned = sum(r["pes"] for r in regions) / usable
+        if program.get("training"):
+            training = _training_pipeline(program, cycles)
+            period = training["cycles"]
     else:
         compute: dict[int, int] = {}
         for r, c in zip(regions, cycles, strict=True):
@@ -116,6 +120,25 @@ def estimate(
         "max_hops": max(hops, default=0),
         "mean_hops": _round(mean(hops)) if hops else 0.0,
         **({"training": training} if training is not None else {}),
+    }
+
+
+def _training_pipeline(program: dict[str, Any], cycles: list[int]) -> dict[str, Any]:
+    """A pipelined training step (train_pipeline.step_cycles) with `cycles` per region."""
+    training = program["training"]
+    regions = program["regions"]
+    step = step_cycles(
+        cycles,
+        [r["update"]["cycles"] for r in regions],
+        training["sequences"],
+        training["norm_cycles"],
+    )
+    return {
+        "update": "wafer",
+        "optimizer": training["optimizer"],
+        **step,
+        "stash_bytes": sum(r["stash_bytes"] for r in regions),
+        "updated_elements": sum(r["update"]["elements"] for r in regions),
     }
 
 
@@ -186,7 +209,14 @@ def render(report: dict[str, Any], *, per_region: bool = True) -> str:
         f"mean {r['mean_hops']:.2f}",
     ]
     training = r.get("training")
-    if training is not None:
+    if training is not None and training["update"] == "wafer":
+        lines.append(
+            f"training step: {training['cycles']:,} cycles = the batch through the regions "
+            f"{training['flow_cycles']:,} + {training['optimizer']} update on the wafer "
+            f"{training['update_cycles']:,}; stash {training['stash_bytes']:,} B, "
+            f"{training['updated_elements']:,} parameters updated in place"
+        )
+    elif training is not None:
         bounds = [s["bound"] for s in training["steps"]]
         counts = ", ".join(f"{bounds.count(b)} {b}" for b in dict.fromkeys(bounds))
         again = ", ".join(training["recomputed"]) or "none"
@@ -196,7 +226,7 @@ def render(report: dict[str, Any], *, per_region: bool = True) -> str:
             f" B; update in {training['update']} (bubble {training['bubble_cycles']:,} cycles);"
             f" recomputed: {again}"
         )
-    if per_region and training is not None:
+    if per_region and training is not None and training["update"] == "memoryx":
         lines.append(f"{'step':>4} {'layer':<6} {'direction':<9} {'cycles':>13}  bound")
         for s in training["steps"]:
             lines.append(
