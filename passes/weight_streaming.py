@@ -17,8 +17,9 @@ out of each, what stays in SRAM and which layers are recomputed is cgc.backends.
 train_steps.
 
 Annotates every kernel node with `stage`, `step` and `region` ([[rows, cols, pes]] of the whole
-usable rectangle), and free nodes with `stage` and `step`; in a joint graph, the kernels of a
-recomputed layer's forward step with `recompute`.
+usable rectangle), and free nodes with `stage` and `step`; in a joint graph, kernels also with
+`held` (the activation bytes live across their step, [bytes, 0, optimizer] as layer-pipeline
+writes it) and the kernels of a recomputed layer's forward step with `recompute`.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ class WeightStreaming(WaferPass):
                 node.meta.update(stage=stage.index, step=step_of[stage.index], region=rect)
                 if again:
                     node.meta["recompute"] = True
+                if stage.stash_bytes:
+                    node.meta["held"] = [stage.stash_bytes, 0, stage.optimizer]
         for node in graph.nodes:
             stage = free.get(node.outputs[0].name)
             if stage is not None:

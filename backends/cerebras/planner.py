@@ -73,6 +73,9 @@ class Stage:
     stash_bytes: int = 0
     update_elements: int = 0
     optimizer: str = "adamw"
+    # Weight-streaming training: the kernels run one after another on the whole wafer, each
+    # loading its operands for its turn, so they do not hold SRAM at the same time.
+    sequential: bool = False
 
     @property
     def splittable(self) -> bool:
@@ -379,10 +382,13 @@ class RegionCost:
     """Cycles and per-PE SRAM of a region's kernels on a rows x cols rectangle.
 
     The kernels run one after another on the same PEs, so cycles add up; each keeps its
-    resident operands and buffers, so SRAM adds up too, with what a pipelined training region
-    holds besides (`held_bytes`). A linear's tiling replicates its
-    weights for speed as far as SRAM allows, so the stage's anchor is given the SRAM the other
-    kernels leave (its `sram_budget`), not the whole PE. Results are memoised by shape and
+    resident operands and buffers, so SRAM adds up too (not in a `sequential` stage of weight
+    streaming training, where each kernel loads its operands for its turn and the busiest
+    kernel counts), with what a training region holds
+    besides (`held_bytes`: activations kept for the backward, optimizer state), which every
+    kernel's tiling must leave free. A linear's tiling replicates its weights for speed as far
+    as SRAM allows, so the stage's anchor is given the SRAM the other kernels leave too (its
+    `sram_budget`), not the whole PE. Results are memoised by shape and
     shared by regions with identical kernels (every transformer block has the same ones).
     """
 
@@ -398,14 +404,15 @@ class RegionCost:
             anchor = self.nodes[0]
         self.anchor = next((i for i, n in enumerate(self.nodes) if n is anchor), None)
         self.full = [kernel_for(n, machine, precision) for n in self.nodes]
-        self._budgeted: dict[int, Kernel] = {}
+        self._budgeted: dict[tuple[int, int], Kernel] = {}
         self.stash = stage.stash_bytes
         self.update = None
         if stage.update_elements:
             self.update = OptimizerUpdate(
                 stage.optimizer, stage.update_elements, machine, precision
             )
-        held = (stage.stash_bytes, stage.update_elements, stage.optimizer)
+        self.sequential = stage.sequential
+        held = (stage.stash_bytes, stage.update_elements, stage.optimizer, stage.sequential)
         key = (tuple(_signature(k) for k in self.full), self.anchor, held)
         self.id = _IDS.setdefault(key, len(_IDS))  # small keys: hashing signatures is slow
 
@@ -415,19 +422,26 @@ class RegionCost:
         return -(-self.stash // (rows * cols)) + state
 
     def kernels(self, rows: int, cols: int) -> list[Kernel]:
-        """The kernels on a rows x cols rectangle, the anchor with the SRAM the others leave."""
-        if self.anchor is None:
-            return self.full
-        others = sum(k.sram_bytes(rows, cols) for i, k in enumerate(self.full) if i != self.anchor)
-        budget = max(0, self.machine.sram_usable_bytes - others - self.held_bytes(rows, cols))
-        if budget == self.machine.sram_usable_bytes:
-            return self.full
-        if budget not in self._budgeted:
-            budgeted = replace(self.machine, sram_usable_bytes=budget)
-            self._budgeted[budget] = kernel_for(self.nodes[self.anchor], budgeted, self.precision)
-        out = list(self.full)
-        out[self.anchor] = self._budgeted[budget]
+        """The kernels on a rows x cols rectangle: each tiles within the SRAM the region's
+        holdings leave, and the anchor within what the other kernels leave besides."""
+        held = self.held_bytes(rows, cols)
+        usable = self.machine.sram_usable_bytes
+        out = [self._within(i, usable - held) for i in range(len(self.full))]
+        if self.anchor is None or self.sequential:
+            return out
+        others = sum(k.sram_bytes(rows, cols) for i, k in enumerate(out) if i != self.anchor)
+        out[self.anchor] = self._within(self.anchor, usable - held - others)
         return out
+
+    def _within(self, index: int, budget: int) -> Kernel:
+        """Kernel `index` tiling within `budget` bytes per PE (the full kernel for all SRAM)."""
+        budget = max(0, budget)
+        if budget == self.machine.sram_usable_bytes:
+            return self.full[index]
+        if (index, budget) not in self._budgeted:
+            budgeted = replace(self.machine, sram_usable_bytes=budget)
+            self._budgeted[index, budget] = kernel_for(self.nodes[index], budgeted, self.precision)
+        return self._budgeted[index, budget]
 
     def __call__(self, rows: int, cols: int) -> tuple[int, int]:
         """(cycles, SRAM bytes per PE) on a rows x cols rectangle."""
@@ -437,9 +451,10 @@ class RegionCost:
             if len(_COSTS) > _COSTS_LIMIT:
                 _COSTS.clear()
             kernels = self.kernels(rows, cols)
+            srams = [k.sram_bytes(rows, cols) for k in kernels]
             hit = (
                 sum(k.cycles(rows, cols) for k in kernels),
-                sum(k.sram_bytes(rows, cols) for k in kernels) + self.held_bytes(rows, cols),
+                (max(srams) if self.sequential else sum(srams)) + self.held_bytes(rows, cols),
             )
             _COSTS[key] = hit
         return hit
@@ -497,6 +512,7 @@ class Plan:
 def read_plan(graph: Graph, machine: Machine, precision: str, mode: str) -> Plan:
     """The plan the passes annotated on `graph` (stage, region, slot of every kernel node)."""
     stages, free = group_stages(graph, machine, precision)
+    joint = joint_loss(graph) is not None
     regions: list[Region] = []
     for stage in stages:
         node = stage.nodes[0]
@@ -510,8 +526,9 @@ def read_plan(graph: Graph, machine: Machine, precision: str, mode: str) -> Plan
         slots = node.meta.get("slot") or [None] * len(rects)
         stage.parts = len(rects)
         stage.step = node.meta.get("step")
-        if "held" in node.meta:  # pipelined training: stash and optimizer update
+        if "held" in node.meta:  # training: kept activations and the optimizer update
             stage.stash_bytes, stage.update_elements, stage.optimizer = node.meta["held"]
+        stage.sequential = mode == "streaming" and joint
         for part, ((rows, cols, _), slot) in enumerate(zip(rects, slots, strict=True)):
             cost = RegionCost(stage, part, machine, precision)
             regions.append(

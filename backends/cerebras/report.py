@@ -135,6 +135,7 @@ def _training_pipeline(program: dict[str, Any], cycles: list[int]) -> dict[str, 
     )
     return {
         "update": "wafer",
+        "clock_hz": program["machine"]["clock_hz"],
         "optimizer": training["optimizer"],
         **step,
         "stash_bytes": sum(r["stash_bytes"] for r in regions),
@@ -152,7 +153,6 @@ def _training_steps(
     for r, c in zip(program["regions"], cycles, strict=True):
         compute[r["step"]] = compute.get(r["step"], 0) + c
         sram[r["step"]] = max(sram.get(r["step"], 0), r["sram_bytes"])
-    usable = program["machine"]["usable"]["cols"] * program["machine"]["usable"]["rows"]
     steps = []
     for s in program["steps"]:
         again = s["recompute_cycles"] if recompute is None else recompute[s["step"]]
@@ -173,17 +173,16 @@ def _training_steps(
         )
     return {
         "update": program["training"]["update"],
+        "clock_hz": program["machine"]["clock_hz"],
         # MemoryX updates the first step's weights only once every gradient is in (the
         # global-norm clip needs them all), so their streaming cannot overlap the previous
         # iteration's last step (inferred from Cerebras' MemoryX description).
         "bubble_cycles": program["steps"][0]["stream_cycles"],
         "weight_bytes_in": sum(s["weight_bytes"] for s in program["steps"]),
         "gradient_bytes_out": sum(s["gradient_bytes"] for s in program["steps"]),
-        "recomputed": sorted({s["layer"] for s in program["steps"] if s["recompute"]}),
+        "recomputed": [s["layer"] for s in program["steps"] if s["recompute"]][::-1],
         "steps": steps,
-        "sram_bytes": max(
-            sram[s["step"]] + -(-max(s["live_bytes"]) // usable) for s in program["steps"]
-        ),
+        "sram_bytes": max(sram.values()),  # a region's bytes include its live activations
     }
 
 

@@ -83,7 +83,9 @@ def training_steps(
     recomputed: frozenset[str] = frozenset(),
 ) -> list[TrainStep]:
     """The steps of a joint graph's streaming plan with the layers in `recomputed` recomputed;
-    sets every stage's `step`. Cycles are for kernels on the whole usable rectangle."""
+    sets every stage's `step` and, as its `stash_bytes`, the activations live across its step
+    (its kernels tile within the SRAM they leave). Cycles are for kernels on the whole usable
+    rectangle."""
     height, width = machine.usable_height, machine.usable_width
     groups = streaming_steps(stages)
     stage_step = {s.index: i for i, group in enumerate(groups) for s in group}
@@ -99,13 +101,20 @@ def training_steps(
             steps[stage_step[stage]].nodes.append(node)
     forward = {s.layer: s for s in steps if s.direction == "forward"}
     for step in steps:
-        step.compute_cycles = sum(
-            RegionCost(stage, 0, machine, precision)(height, width)[0] for stage in step.stages
-        )
         again = forward.get(step.layer) if step.direction == "backward" else None
         if again is not None and step.layer in recomputed:
             step.recompute = list(again.nodes)
-            step.recompute_cycles = again.compute_cycles
+    _live(graph, steps, precision)
+    for step in steps:
+        for stage in step.stages:  # kernels tile within what the live activations leave
+            stage.stash_bytes, stage.update_elements = max(step.live_in, step.live_out), 0
+            stage.sequential = True
+        step.compute_cycles = sum(
+            RegionCost(stage, 0, machine, precision)(height, width)[0] for stage in step.stages
+        )
+    for step in steps:
+        if step.recompute:
+            step.recompute_cycles = forward[step.layer].compute_cycles
         read = [*step.recompute, *step.nodes]
         step.weight_bytes = param_bytes(graph, read, precision)
         step.gradient_bytes = sum(
@@ -114,7 +123,6 @@ def training_steps(
             for v in n.outputs
             if v.name.startswith(GRAD) and v in graph.outputs
         )
-    _live(graph, steps, precision)
     return steps
 
 
@@ -154,7 +162,8 @@ def _live(graph: Graph, steps: list[TrainStep], precision: str) -> None:
 
 
 def working_bytes(step: TrainStep, machine: Machine, precision: str) -> tuple[int, Node]:
-    """The most SRAM one of the step's kernels needs per PE on the whole wafer, and its node."""
+    """The most SRAM one of the step's kernels needs per PE on the whole wafer (tiled within
+    what the live activations leave), and its node."""
     height, width = machine.usable_height, machine.usable_width
     best = (0, step.stages[0].nodes[0])
     for stage in step.stages:
@@ -165,8 +174,8 @@ def working_bytes(step: TrainStep, machine: Machine, precision: str) -> tuple[in
 
 
 def overflow(steps: list[TrainStep], machine: Machine, precision: str) -> str | None:
-    """Why the steps do not fit in SRAM (the first kernel beside the activations live across
-    its step that does not), or None."""
+    """Why the steps do not fit in SRAM (the first kernel that does not fit beside the
+    activations live across its step), or None."""
     pes = machine.usable_pes
     for step in steps:
         kernel, node = working_bytes(step, machine, precision)
@@ -183,22 +192,34 @@ def overflow(steps: list[TrainStep], machine: Machine, precision: str) -> str | 
 def choose_recompute(
     graph: Graph, stages: list[Stage], free: dict[str, int], machine: Machine, precision: str
 ) -> tuple[list[TrainStep], frozenset[str]]:
-    """The steps with the fewest layers recomputed (first layers first) that fit in SRAM, and
-    those layers; PlanError when even recomputing every layer does not fit."""
+    """The steps with the fewest layers recomputed, first layers first, that fit in SRAM, and
+    those layers; PlanError when even recomputing every layer does not fit.
+
+    Recomputing one more layer never keeps more activations, so the count is bisected.
+    """
     steps = training_steps(graph, stages, free, machine, precision)
+    if overflow(steps, machine, precision) is None:
+        return steps, frozenset()
     backward = {s.layer for s in steps if s.direction == "backward"}
-    candidates = [s.layer for s in steps if s.direction == "forward" and s.layer in backward]
-    recomputed: frozenset[str] = frozenset()
-    problem = overflow(steps, machine, precision)
-    for layer in candidates:
-        if problem is None:
-            break
-        recomputed |= {layer}
-        steps = training_steps(graph, stages, free, machine, precision, recomputed)
-        problem = overflow(steps, machine, precision)
+    layers = [s.layer for s in steps if s.direction == "forward" and s.layer in backward]
+
+    def attempt(count: int) -> tuple[list[TrainStep], str | None]:
+        chosen = frozenset(layers[:count])
+        steps = training_steps(graph, stages, free, machine, precision, chosen)
+        return steps, overflow(steps, machine, precision)
+
+    _, problem = attempt(len(layers))
     if problem is not None:
         raise PlanError(
             f"streaming: {problem}, even with every layer recomputed; train with a smaller "
             "batch (fewer tokens per step)"
         )
-    return steps, recomputed
+    lo, hi = 0, len(layers)  # lo does not fit, hi does
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if attempt(mid)[1] is None:
+            hi = mid
+        else:
+            lo = mid
+    chosen = frozenset(layers[:hi])  # stages keep what the last call to training_steps set
+    return training_steps(graph, stages, free, machine, precision, chosen), chosen

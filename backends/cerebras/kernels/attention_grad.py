@@ -27,6 +27,7 @@ from cgc.backends.cerebras.kernels.base import (
     Cost,
     Kernel,
     ceil_div,
+    chain_reduce_cycles,
     pick_tiling,
     words,
 )
@@ -135,10 +136,8 @@ class AttentionGrad(Kernel):
         east = t["pairs_per_lane"] * (t["q_tile"] * (words(d, b) + words(dv, b) + 2) + block_words)
         west = queries * (d if chain > 1 else words(d, b)) + t["pairs_per_lane"] * block_words
         fabric = max(east, west)
-        split = t["query_split"]
-        block = kv * (d + dv)
-        hop = block + m.sustained_cycles(m.vector_cycles(block, "fp32")) + m.task_overhead_cycles
-        latency = m.hop_latency_cycles * (rows + chain) + m.task_overhead_cycles + (split - 1) * hop
+        split = chain_reduce_cycles(m, t["query_split"], t["pairs_per_lane"] * kv * (d + dv))
+        latency = m.hop_latency_cycles * (rows + chain) + m.task_overhead_cycles + split
         return Cost(compute, fabric, latency, max(compute, fabric) + latency)
 
     def _execute(self, args, tiling):

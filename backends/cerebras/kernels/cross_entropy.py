@@ -16,7 +16,14 @@ from typing import Any
 
 import torch
 
-from cgc.backends.cerebras.kernels.base import Cost, Kernel, ceil_div, elem_bytes, words
+from cgc.backends.cerebras.kernels.base import (
+    Cost,
+    Kernel,
+    ceil_div,
+    chain_reduce_cycles,
+    elem_bytes,
+    words,
+)
 from cgc.backends.cerebras.machine import VECTOR_OP_COST as C
 from cgc.backends.cerebras.precision import round_to
 from cgc.backends.cerebras.tiles import chain_sum, row_sum
@@ -65,7 +72,7 @@ class _SoftmaxRows(Kernel):
         # Column links carry every token's logits and target (and the gradient back out);
         # row links two partial sums east and two statistics west per token.
         fabric = max(self.n * (words(t["v_tile"], self.b) + 1), t["m_tile"] * 4)
-        rows_sum = (t["token_groups"] - 1) * (2 + m.task_overhead_cycles)
+        rows_sum = chain_reduce_cycles(m, t["token_groups"], 2)
         latency = m.hop_latency_cycles * (rows + 4 * t["chain"]) + m.task_overhead_cycles + rows_sum
         return Cost(compute, fabric, latency, max(compute, fabric) + latency)
 

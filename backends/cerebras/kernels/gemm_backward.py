@@ -16,8 +16,9 @@ and X's (k_tile values) south down its column, and the PE adds their outer produ
 FMAC vectors of length k_tile): SUMMA with panels one token wide, the output never moving. The
 rectangle's rows form `token_groups` bands, each holding a whole copy of dW and taking a
 contiguous share (m_tile) of the tokens; more bands cost SRAM but save per-token task launches
-when dW has few elements per PE. At the end the bands' copies are summed north to south, one
-fp32 block add per hop, in an order the simulator reproduces. The transpose feeding it is
+when dW has few elements per PE. At the end the bands' copies are summed north to south, the
+blocks streaming through the chain (base.chain_reduce_cycles), in an order the simulator
+reproduces. The transpose feeding it is
 free: the kernel reads dY's stream as it comes, it never transposes it (kernel_for makes that
 transpose a route op).
 """
@@ -27,9 +28,11 @@ from __future__ import annotations
 from typing import Any
 
 from cgc.backends.cerebras.kernels.base import (
+    MAX_CHAIN,
     Cost,
     Kernel,
     ceil_div,
+    chain_reduce_cycles,
     elem_bytes,
     pick_tiling,
     words,
@@ -78,6 +81,11 @@ def is_data_gradient(node: Node) -> bool:
 
 class DataGradient(Linear):
     """dY @ W with W resident: `Linear`'s stationary dataflow on the transposed weight."""
+
+    # The LM head's data gradient contracts the vocabulary (50,257): a 16-PE chain would give
+    # each PE thousands of FMAC vectors per token. Its partial sums are a few values per token,
+    # so longer chains cost little traffic.
+    max_chain = 16 * MAX_CHAIN
 
     def __init__(self, node, machine, precision) -> None:
         super().__init__(node, machine, precision)
@@ -148,10 +156,8 @@ class WeightGradient(Kernel):
             # Row links carry a band's dY segments; the north band's column links carry every
             # token's X segment on its way to the bands below.
             fabric = max(m_tile * words(n_tile, b), self.m * words(k_tile, b))
-            block = n_tile * k_tile
-            hop = block + mach.sustained_cycles(mach.vector_cycles(block, "fp32"))
-            reduce = (groups - 1) * (hop + mach.task_overhead_cycles)
-            sram = block * 4 * (2 if groups > 1 else 1) + 2 * (n_tile + k_tile) * b
+            reduce = chain_reduce_cycles(mach, groups, n_tile * k_tile)
+            sram = n_tile * k_tile * 4 * (2 if groups > 1 else 1) + 2 * (n_tile + k_tile) * b
             self._options[key] = (compute, fabric, reduce, sram)
         return self._options[key]
 

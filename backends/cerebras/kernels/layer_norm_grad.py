@@ -6,7 +6,7 @@ down the columns; four row chains give, west to east and broadcast back, Σx (th
 Σ(x - mean)² (1/σ, recomputed rather than saved, as the IR op does), Σ dy·w and Σ dy·w·x̂; each
 PE then writes dx = (dy·w - mean(dy·w) - x̂·mean(dy·w·x̂))/σ and adds dy·x̂ and dy to fp32
 accumulators of dw and db. After the last token the rows' accumulators are summed north to
-south, one block add per hop. Statistics are fp32; outputs are rounded to the precision.
+south (base.chain_reduce_cycles). Statistics are fp32; outputs are rounded to the precision.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from cgc.backends.cerebras.kernels.base import Cost, Kernel, ceil_div, words
+from cgc.backends.cerebras.kernels.base import Cost, Kernel, ceil_div, chain_reduce_cycles, words
 from cgc.backends.cerebras.machine import VECTOR_OP_COST
 from cgc.backends.cerebras.precision import BYTES, round_to
 from cgc.backends.cerebras.tiles import chain_sum, row_sum
@@ -66,12 +66,10 @@ class LayerNormGrad(Kernel):
         # Column links carry each token's dy and x slices in and its dx out; row links four
         # partial sums east and four statistics west.
         fabric = max(self.m * 2 * words(t["d_tile"], b), t["m_tile"] * 8)
-        block = 2 * t["d_tile"]
-        hop = block + m.sustained_cycles(m.vector_cycles(block, "fp32")) + m.task_overhead_cycles
         latency = (
             m.hop_latency_cycles * (rows + 8 * t["chain"])
             + m.task_overhead_cycles
-            + (t["token_groups"] - 1) * hop
+            + chain_reduce_cycles(m, t["token_groups"], 2 * t["d_tile"])
         )
         return Cost(compute, fabric, latency, max(compute, fabric) + latency)
 

@@ -19,6 +19,7 @@ from cgc.backends.cerebras.kernels.base import (
     Cost,
     Kernel,
     ceil_div,
+    chain_reduce_cycles,
     elem_bytes,
     pick_tiling,
     words,
@@ -196,10 +197,8 @@ class TokenReduction(Kernel):
             tokens = ceil_div(self.slabs, groups) * p_tile
             compute = tokens * (per_token + m.task_overhead_cycles)
             fabric = self.slabs * self.positions * words(d_tile, self.b)  # down every column
-            block = p_tile * d_tile
-            hop = block + m.sustained_cycles(m.vector_cycles(block, "fp32"))
-            reduce = (groups - 1) * (hop + m.task_overhead_cycles)
-            sram = block * 4 * (2 if groups > 1 else 1) + 2 * d_tile * self.b
+            reduce = chain_reduce_cycles(m, groups, p_tile * d_tile)
+            sram = p_tile * d_tile * 4 * (2 if groups > 1 else 1) + 2 * d_tile * self.b
             self._options[key] = (compute, fabric, reduce, sram)
         return self._options[key]
 
