@@ -49,6 +49,10 @@ ANCHOR_OPS = frozenset({"linear", "embedding"})  # the ops that keep a weight ma
 # column chains long and the activations cross many hops.
 ASPECT_LIMIT = 4
 MODES = ("auto", "pipelined", "streaming")
+# A training region's anchor tiles within a budget rounded down to this many bytes: the share
+# of the region's holdings differs for every rectangle the sizer tries, and a budget of its own
+# for each would make every try tile the anchor afresh.
+HELD_GRAIN = 512
 
 _BLOCK = re.compile(r"(?:^|\.)h\.(\d+)(?:\.|$)")
 
@@ -422,15 +426,21 @@ class RegionCost:
         return -(-self.stash // (rows * cols)) + state
 
     def kernels(self, rows: int, cols: int) -> list[Kernel]:
-        """The kernels on a rows x cols rectangle: each tiles within the SRAM the region's
-        holdings leave, and the anchor within what the other kernels leave besides."""
+        """The kernels on a rows x cols rectangle: the anchor tiles within the SRAM the other
+        kernels and the region's holdings leave; in a sequential stage, every kernel within
+        what the holdings leave."""
         held = self.held_bytes(rows, cols)
         usable = self.machine.sram_usable_bytes
-        out = [self._within(i, usable - held) for i in range(len(self.full))]
-        if self.anchor is None or self.sequential:
-            return out
+        if self.sequential:
+            return [self._within(i, usable - held) for i in range(len(self.full))]
+        if self.anchor is None:
+            return self.full
+        out = list(self.full)
         others = sum(k.sram_bytes(rows, cols) for i, k in enumerate(out) if i != self.anchor)
-        out[self.anchor] = self._within(self.anchor, usable - held - others)
+        budget = usable - held - others
+        if held:  # the holdings' share varies with the rectangle: round so tilings are shared
+            budget -= budget % HELD_GRAIN
+        out[self.anchor] = self._within(self.anchor, budget)
         return out
 
     def _within(self, index: int, budget: int) -> Kernel:

@@ -23,7 +23,6 @@ import torch
 
 from cgc.backends.cerebras.kernels.attention import attention_bias, merge_heads, split_heads
 from cgc.backends.cerebras.kernels.base import (
-    MAX_CHAIN,
     Cost,
     Kernel,
     ceil_div,
@@ -51,9 +50,13 @@ class AttentionGrad(Kernel):
         self.weight_slots = (6,) if self.mask else ()
 
     def _tile(self, rows: int, cols: int) -> dict[str, Any]:
-        """Among chains up to MAX_CHAIN that fit in SRAM, the fewest cycles; else the shortest
-        longer chain that fits; else the least SRAM (as the forward)."""
-        fitting, spilling, long_chain = [], [], None
+        """Among all chains, the fastest that fits in SRAM (`pick_tiling`), else the least SRAM.
+
+        Unlike the forward, chains longer than MAX_CHAIN compete on cycles: a block now also
+        holds the fp32 gradients of its keys and values, so long sequences need long chains,
+        and the shortest one that fits would leave the region's other kernels no SRAM.
+        """
+        fitting, spilling = [], []
         for chain in range(1, min(cols, self.kv_len) + 1):
             t = self._candidate(rows, cols, chain)
             if t is None:
@@ -61,14 +64,9 @@ class AttentionGrad(Kernel):
             sram = self._sram(t)
             if sram > self.machine.sram_usable_bytes:
                 spilling.append((sram, chain, t))
-            elif chain <= MAX_CHAIN:
-                fitting.append((self._cost(rows, t).total, sram, chain, t))
             else:
-                long_chain = t
-                break
-            if chain >= MAX_CHAIN and fitting:
-                break
-        best = long_chain or pick_tiling(fitting, spilling)
+                fitting.append((self._cost(rows, t).total, sram, chain, t))
+        best = pick_tiling(fitting, spilling)
         return {
             "kernel": "attention_grad",
             "rows": rows,
@@ -143,27 +141,33 @@ class AttentionGrad(Kernel):
     def _execute(self, args, tiling):
         h, t, s, p = self.heads, self.q_len, self.kv_len, self.precision
         scale = self.attrs["scale"]
-        dy, q, k, v, y = (split_heads(x, h) for x in args[:5])
-        lse = args[5].unsqueeze(-1)
-        rowdot = (dy * y).sum(-1, keepdim=True)  # D, at each lane's west PE
-        bias = attention_bias(t, s, self.attrs["causal"], args[6] if self.mask else None)
         kv, q_tile = tiling["kv_tile"], tiling["q_tile"]
+        groups = ceil_div(t, q_tile)
+        pad = groups * q_tile - t  # empty query slots of the last group: lse = inf, p = 0
+
+        def grouped(x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+            """[b, h, t, e] -> [b, h, groups, q_tile, e], one group per lane sharing a pair."""
+            x = torch.nn.functional.pad(x, (0, 0, 0, pad), value=fill)
+            return x.reshape(x.shape[0], h, groups, q_tile, x.shape[-1])
+
+        dy, q, k, v, y = (split_heads(x, h) for x in args[:5])
+        lse = grouped(args[5].unsqueeze(-1), torch.inf)
+        rowdot = grouped((dy * y).sum(-1, keepdim=True))  # D, at each lane's west PE
+        dy, q = grouped(dy), grouped(q)
+        bias = attention_bias(t, s, self.attrs["causal"], args[6] if self.mask else None)
+        bias = torch.nn.functional.pad(bias, (0, 0, 0, pad)).reshape(groups, q_tile, s)
         dq_parts, dk_blocks, dv_blocks = [], [], []
         for k0 in range(0, s, kv):
-            kb, vb = k[..., k0 : k0 + kv, :], v[..., k0 : k0 + kv, :]
-            dq_rows, dk_parts, dv_parts = [], [], []
-            for q0 in range(0, t, q_tile):  # the lanes sharing a pair's queries
-                rows = slice(q0, q0 + q_tile)
-                scores = (q[..., rows, :] @ kb.transpose(-1, -2)) * scale
-                probs = torch.exp(scores + bias[rows, k0 : k0 + kv] - lse[..., rows, :])
-                dv_parts.append(round_to(probs, p).transpose(-1, -2) @ dy[..., rows, :])
-                dprobs = dy[..., rows, :] @ vb.transpose(-1, -2)
-                dscores = round_to(probs * (dprobs - rowdot[..., rows, :]) * scale, p)
-                dk_parts.append(dscores.transpose(-1, -2) @ q[..., rows, :])
-                dq_rows.append(dscores @ kb)
-            dq_parts.append(torch.cat(dq_rows, dim=-2))
-            dk_blocks.append(chain_sum(dk_parts))
-            dv_blocks.append(chain_sum(dv_parts))
+            kb, vb = k[..., None, k0 : k0 + kv, :], v[..., None, k0 : k0 + kv, :]
+            scores = (q @ kb.transpose(-1, -2)) * scale
+            probs = torch.exp(scores + bias[..., k0 : k0 + kv] - lse)
+            dv_parts = round_to(probs, p).transpose(-1, -2) @ dy
+            dscores = round_to(probs * (dy @ vb.transpose(-1, -2) - rowdot) * scale, p)
+            dk_parts = dscores.transpose(-1, -2) @ q
+            dq_parts.append(dscores @ kb)
+            dk_blocks.append(chain_sum(dk_parts.unbind(2)))  # the lanes, in order
+            dv_blocks.append(chain_sum(dv_parts.unbind(2)))
         dq = chain_sum(reversed(dq_parts))  # east to west along the chain
+        dq = dq.reshape(dq.shape[0], h, groups * q_tile, -1)[..., :t, :]
         dk, dv = torch.cat(dk_blocks, dim=-2), torch.cat(dv_blocks, dim=-2)
         return [round_to(merge_heads(x), p) for x in (dq, dk, dv)]

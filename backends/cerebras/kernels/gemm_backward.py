@@ -84,7 +84,7 @@ class DataGradient(Linear):
 
     # The LM head's data gradient contracts the vocabulary (50,257): a 16-PE chain would give
     # each PE thousands of FMAC vectors per token. Its partial sums are a few values per token,
-    # so longer chains cost little traffic.
+    # so longer chains (multiples of MAX_CHAIN) cost little traffic.
     max_chain = 16 * MAX_CHAIN
 
     def __init__(self, node, machine, precision) -> None:
