@@ -2,7 +2,7 @@
 
 A training step graph (cgc.training.step: inputs are the trainable parameters, the optimizer
 state, `step` and the batch; outputs the loss, grad_norm, lr and `new.X` for every input X it
-updates) is cut at its gradients (`split_step`):
+updates) is cut at its gradients (cgc.training.split):
 
 - the joint part, (batch) -> (loss, grad.<param> ...) with the parameters as parameters again,
   becomes a wafer program, planned (layer-pipelined or weight streaming), placed and run by
@@ -32,87 +32,10 @@ from cgc.backends.cerebras.program import dumps, loads
 from cgc.backends.cerebras.simulator import Simulator
 from cgc.errors import InputError
 from cgc.ir import Graph, interpret
-from cgc.passes.autodiff import GRAD_PREFIX, scale_loss
+from cgc.passes.autodiff import scale_loss
 from cgc.training.loss_scale import DynamicLossScale, all_finite
-
-NEW = "new."  # the step graph's prefix of an output that is the next step's input
-
-
-def carried(graph: Graph) -> dict[str, str]:
-    """Input name -> the output that replaces it after a step (`X` -> `new.X`)."""
-    outputs = {v.name for v in graph.outputs}
-    return {v.name: NEW + v.name for v in graph.inputs if NEW + v.name in outputs}
-
-
-def split_step(step: Graph) -> tuple[Graph, Graph, list[str]]:
-    """The step graph's joint part (batch -> loss, grad.P), its update part (P, state, step,
-    grad.P -> the other outputs) and the trained parameters P, in gradient order."""
-    pairs = carried(step)
-    values = {v.name: v for v in step.values()}
-    params = [
-        name[len(GRAD_PREFIX) :]
-        for name, v in values.items()
-        if name.startswith(GRAD_PREFIX) and name[len(GRAD_PREFIX) :] in pairs
-    ]
-    if not params or not step.outputs or step.outputs[0].type.rank != 0:
-        raise InputError(
-            f"graph @{step.name} is not a training step (a 0-d loss first, grad.<param> values "
-            "and new.<param> outputs); build it with the autodiff and train-step passes"
-        )
-    joint = _joint(step, params)
-    update = _update(step, params, set(pairs))
-    return joint, update, params
-
-
-def _joint(step: Graph, params: list[str]) -> Graph:
-    g = step.copy()
-    values = {v.name: v for v in g.values()}
-    g.outputs = [values[step.outputs[0].name], *(values[GRAD_PREFIX + p] for p in params)]
-    _prune(g)
-    _inputs_to_params(g, params)
-    return g
-
-
-def _inputs_to_params(g: Graph, names: list[str]) -> None:
-    """Make the inputs `names` trainable parameters of the same name (the wafer loads them as
-    weights), and drop the inputs nothing reads."""
-    values = {v.name: v for v in g.inputs}
-    for name in names:
-        old = values[name]
-        g.rename(old, g.fresh_name(f"{name}.input"))
-        g.replace_all_uses(old, g.add_param(name, old.type, trainable=True))
-    g.inputs = [v for v in g.inputs if v.users]
-
-
-def _update(step: Graph, params: list[str], carried_inputs: set[str]) -> Graph:
-    g = step.copy()
-    values = {v.name: v for v in g.values()}
-    for name in params:
-        grad = values[GRAD_PREFIX + name]
-        g.rename(grad, g.fresh_name(f"{grad.name}.wafer"))
-        g.replace_all_uses(grad, g.add_input(GRAD_PREFIX + name, grad.type))
-    g.outputs = g.outputs[1:]
-    _prune(g)
-    g.inputs = [v for v in g.inputs if v.users]
-    stray = [
-        v.name
-        for v in g.inputs
-        if v.name not in carried_inputs and not v.name.startswith(GRAD_PREFIX) and v.type.rank
-    ]
-    if stray:
-        raise InputError(
-            f"the update of training step @{step.name} reads %{stray[0]}, neither a gradient "
-            "nor the optimizer's state; the wafer cannot run such a step"
-        )
-    return g
-
-
-def _prune(g: Graph) -> None:
-    """Erase the nodes no output needs."""
-    outputs = {id(v) for v in g.outputs}
-    for node in reversed(list(g.nodes)):
-        if all(not v.users and id(v) not in outputs for v in node.outputs):
-            g.erase_node(node)
+from cgc.training.split import carried, inputs_to_params, split_step
+from cgc.training.step import GRAD
 
 
 class WaferTrainingSession:
@@ -175,7 +98,7 @@ class WaferTrainingSession:
         if scale is not None:
             grads = [g / scale for g in grads]  # fp32 on the host
             apply = self.loss_scale.update(all_finite(grads))
-        grads_by_name = {GRAD_PREFIX + p: g for p, g in zip(self.params, grads, strict=True)}
+        grads_by_name = {GRAD + p: g for p, g in zip(self.params, grads, strict=True)}
         feed = {**self.state, **grads_by_name}
         feed |= {n: v for n, v in inputs.items() if n not in feed}
         outputs = interpret(self.update, *(_need(feed, v.name) for v in self.update.inputs))
@@ -198,7 +121,7 @@ class WaferTrainingSession:
             raise InputError("this training session was built without an evaluation graph")
         if self._eval is None:
             g = self._eval_graph.copy()
-            _inputs_to_params(g, [v.name for v in g.inputs if v.name in self.params])
+            inputs_to_params(g, [v.name for v in g.inputs if v.name in self.params])
             program, simulator = _simulate(g, self.options)
             self._eval = (program, simulator, [v.name for v in g.inputs])
         _, simulator, names = self._eval
