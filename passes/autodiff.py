@@ -12,7 +12,7 @@ registry, contract at `VjpFn`); this pass only orders the rules. It
    differentiate (the trainable ones, or those matching `wrt`);
 2. keeps the nodes on a path from those parameters to the loss (active nodes), so no gradient
    nobody needs is computed, and integer and bool values never carry one;
-3. walks the active nodes backwards from a seed of 1.0, calling each op's rule with the
+3. walks the active nodes backwards from a seed of 1.0 (%seed), calling each op's rule with the
    cotangents of its outputs and summing the cotangents a value receives from its several
    uses: tied weights (the LM head and the embedding) get one summed gradient. The sum is an
    `add` chain, except that padded slices tiling the value (the q, k, v thirds of one
@@ -36,6 +36,7 @@ from cgc.passes.manager import Pass, PassContext, PassResult
 from cgc.passes.registry import register_pass
 
 GRAD_PREFIX = "grad."
+SEED = "seed"  # the loss's cotangent, 1.0: where a loss scale enters (`scale_loss`)
 
 
 def grad_name(param: str) -> str:
@@ -66,7 +67,9 @@ def differentiate(
     forward = {id(v) for v in graph.values()}
     cotangents: dict[int, list[Value]] = {}
     with graph.inserting_before(None, target.producer.meta if target.producer else {}):
-        cotangents[id(target)] = [graph.constant(1.0, target.dtype)]
+        seed = graph.constant(1.0, target.dtype)
+        graph.rename(seed, graph.fresh_name(SEED))
+        cotangents[id(target)] = [seed]
     for node in active:
         _backward(graph, node, cotangents, depends)
     outputs = [target]
@@ -91,6 +94,27 @@ def differentiate(
         "unreached": len(params) - len(grads),
         "dead-nodes": dead,
     }
+
+
+def scale_loss(graph: Graph, name: str = "loss_scale") -> Value:
+    """Seed the backward of a joint graph with a new 0-d input `name` instead of 1.0.
+
+    Every gradient is linear in the seed, so they all come out multiplied by the input's
+    value: the loss scaling of mixed-precision training, which keeps small gradients above a
+    16-bit format's underflow (the caller divides them by the scale in fp32, see
+    cgc.training.loss_scale). Returns the new input.
+    """
+    seed = next((v for v in graph.values() if v.name == SEED), None)
+    node = seed.producer if seed is not None else None
+    if node is None or node.op != "constant" or node.attrs["value"] != 1.0 or seed.type.rank:
+        raise InputError(
+            f"graph @{graph.name} has no backward seed %{SEED} (autodiff's constant 1.0); "
+            "loss scaling applies to a graph the autodiff pass made"
+        )
+    scale = graph.add_input(graph.fresh_name(name), seed.type)
+    graph.replace_all_uses(seed, scale)
+    graph.erase_node(node)
+    return scale
 
 
 def _loss_output(graph: Graph, name: str | None) -> Value:

@@ -30,8 +30,15 @@ Splitting: a lone linear (nothing joined its stage, as the vocabulary projection
 exceeds the largest other region's is split along N into ⌈area / largest⌉ regions, each holding
 a slice of the weight and receiving the same input.
 
+A joint (training) graph gets a region per stage of both halves; a backward region also holds
+the forward activations its kernels read and the fp32 master weights and optimizer state
+(`optimizer` option, adamw or sgd) of the parameters whose gradients it completes
+(cgc.backends.cerebras.train_pipeline), so models whose weights, gradients and optimizer state
+fit in SRAM train pipelined.
+
 Annotates every kernel node with `stage`, `region` ([rows, cols, pes] per part) and `slot`
-([band, column, cell] per part), and free nodes with `stage`; the graph is otherwise unchanged.
+([band, column, cell] per part), and free nodes with `stage`; a training region's kernels also
+with `held` ([stash bytes, updated elements, optimizer]); the graph is otherwise unchanged.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from functools import partial
 from itertools import accumulate, pairwise
 from math import isqrt
 
+from cgc.backends.cerebras.kernels.optimizer import update_rule
 from cgc.backends.cerebras.machine import Machine, get_machine
 from cgc.backends.cerebras.planner import (
     ASPECT_LIMIT,
@@ -50,8 +58,10 @@ from cgc.backends.cerebras.planner import (
     RegionCost,
     Stage,
     group_stages,
+    joint_loss,
 )
 from cgc.backends.cerebras.precision import check_precision
+from cgc.backends.cerebras.train_pipeline import hold
 from cgc.ir import Graph
 from cgc.passes.manager import Pass, PassContext, PassResult
 from cgc.passes.registry import register_pass
@@ -632,15 +642,18 @@ def annotate(graph: Graph, stages: list[Stage], free: dict[str, int], plan: Floo
         parts = [shapes[index[(stage.index, p)]] for p in range(stage.parts)]
         region = [[rows, cols, rows * cols] for rows, cols, _ in parts]
         slot = [list(s) for _, _, s in parts]
+        held = [stage.stash_bytes, stage.update_elements, stage.optimizer]
         for node in stage.nodes:
             node.meta.update(stage=stage.index, region=region, slot=slot)
+            if stage.stash_bytes or stage.update_elements:
+                node.meta["held"] = held
     _annotate_free(graph, free)
 
 
 def clear(graph: Graph) -> None:
     """Remove the annotations of earlier partitioning passes."""
     for node in graph.nodes:
-        for key in ("stage", "region", "slot", "step"):
+        for key in ("stage", "region", "slot", "step", "recompute", "held"):
             node.meta.pop(key, None)
 
 
@@ -672,9 +685,15 @@ class LayerPipeline(WaferPass):
     """Give every stage a wafer region sized to balance the layer pipeline (annotates only)."""
 
     name = "layer-pipeline"
+    optimizer: str = "adamw"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         machine, stages, free = self.stages(graph)
+        if joint_loss(graph) is not None:
+            update_rule(self.optimizer)
+            hold(graph, stages, free, self.precision)
+            for stage in stages:
+                stage.optimizer = self.optimizer
         plan = plan_pipeline(stages, machine, self.precision)
         annotate(graph, stages, free, plan)
         shapes = plan.shapes().values()

@@ -12,8 +12,14 @@ A PE must hold, during a step, the largest stage's working set on the whole wafe
 block and buffers, as the kernel's SRAM model states) plus its share of the activations live
 across the step boundary. When that exceeds the usable SRAM the pass fails naming the kernel.
 
+A joint (training) graph has a forward and a backward step per layer; what streams in and
+out of each, what stays in SRAM and which layers are recomputed is cgc.backends.cerebras.
+train_steps.
+
 Annotates every kernel node with `stage`, `step` and `region` ([[rows, cols, pes]] of the whole
-usable rectangle), and free nodes with `stage` and `step`.
+usable rectangle), and free nodes with `stage` and `step`; in a joint graph, kernels also with
+`held` (the activation bytes live across their step, [bytes, 0, optimizer] as layer-pipeline
+writes it) and the kernels of a recomputed layer's forward step with `recompute`.
 """
 
 from __future__ import annotations
@@ -23,25 +29,17 @@ from cgc.backends.cerebras.planner import (
     PlanError,
     RegionCost,
     Stage,
+    joint_loss,
     param_bytes,
     streaming_cycles,
+    streaming_steps,
 )
 from cgc.backends.cerebras.precision import BYTES
+from cgc.backends.cerebras.train_steps import choose_recompute
 from cgc.ir import Graph
 from cgc.passes.layer_pipeline import WaferPass, clear
 from cgc.passes.manager import PassContext, PassResult
 from cgc.passes.registry import register_pass
-
-
-def streaming_steps(stages: list[Stage]) -> list[list[Stage]]:
-    """Consecutive stages of the same layer, one step each."""
-    steps: list[list[Stage]] = []
-    for stage in stages:
-        if steps and steps[-1][0].layer == stage.layer:
-            steps[-1].append(stage)
-        else:
-            steps.append([stage])
-    return steps
 
 
 def live_bytes(
@@ -102,30 +100,46 @@ def plan_streaming(
 
 @register_pass
 class WeightStreaming(WaferPass):
-    """Run one layer at a time on the whole wafer with weights streamed in (annotates only)."""
+    """Run one layer at a time on the whole wafer with weights streamed in (annotates only).
+
+    A joint (training) graph gets a forward and a backward step per layer, and the layers
+    whose activations do not fit in SRAM until their backward step are recomputed there
+    (cgc.backends.cerebras.train_steps); their forward nodes are annotated `recompute`.
+    """
 
     name = "weight-streaming"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         machine, stages, free = self.stages(graph)
-        steps, cycles = plan_streaming(graph, stages, free, machine, self.precision)
+        recomputed: frozenset[str] = frozenset()
+        if joint_loss(graph) is None:
+            steps, cycles = plan_streaming(graph, stages, free, machine, self.precision)
+        else:
+            train, recomputed = choose_recompute(graph, stages, free, machine, self.precision)
+            steps = [t.stages for t in train]
+            cycles = [t.cycles(machine)[0] for t in train]
         clear(graph)
         rect = [[machine.usable_height, machine.usable_width, machine.usable_pes]]
         step_of = {s.index: i for i, step in enumerate(steps) for s in step}
         for stage in stages:
+            again = stage.direction == "forward" and stage.layer in recomputed
             for node in stage.nodes:
                 node.meta.update(stage=stage.index, step=step_of[stage.index], region=rect)
+                if again:
+                    node.meta["recompute"] = True
+                if stage.stash_bytes:
+                    node.meta["held"] = [stage.stash_bytes, 0, stage.optimizer]
         for node in graph.nodes:
             stage = free.get(node.outputs[0].name)
             if stage is not None:
                 node.meta.update(stage=stage, step=step_of[stage])
-        return PassResult(
-            True,
-            {
-                "stages": len(stages),
-                "steps": len(steps),
-                "regions": len(stages),
-                "pes": machine.usable_pes,
-                "period_cycles": sum(cycles),
-            },
-        )
+        stats = {
+            "stages": len(stages),
+            "steps": len(steps),
+            "regions": len(stages),
+            "pes": machine.usable_pes,
+            "period_cycles": sum(cycles),
+        }
+        if recomputed:
+            stats["recomputed-layers"] = len(recomputed)
+        return PassResult(True, stats)

@@ -63,7 +63,10 @@ class CerebrasArtifact(Artifact):
 
     def report(self) -> dict[str, Any]:
         """Estimates with the cycles of the kernels the simulator executes."""
-        return report.estimate(self.program, self.simulator.region_cycles)
+        simulator = self.simulator
+        return report.estimate(
+            self.program, simulator.region_cycles, simulator.recompute_cycles or None
+        )
 
     def run_report(self) -> str:
         """The simulation report `cgc run` prints."""

@@ -17,7 +17,15 @@ Schema `cgc.cerebras.program/1`:
   words per pass;
 - `schedule`: per stage in order, its regions and the nodes to run in order
   (["kernel", node] or ["route_op", node]); `steps`: the weight-streaming steps (null when
-  pipelined).
+  pipelined);
+- `training` (joint graphs only): the loss, the gradient outputs and where the optimizer
+  update runs (`memoryx`: the host, on fp32 master weights; `wafer`); a training program's
+  steps add `direction`, the nodes recomputed at its start (`recompute`, and their cycles),
+  `gradient_bytes` streamed out, the activation bytes live entering and leaving it, the values
+  dropped at its end (a recomputation makes them again) and its `bound` (compute, weights in
+  or gradients out); a pipelined training program's regions add the forward activations they
+  keep (`stash_bytes`) and the update they run (`update`: parameter elements and cycles), and
+  its `training` section the optimizer and the sequences per step.
 
 `dumps` writes it with sorted keys and no timestamps: the same plan gives the same bytes.
 """
@@ -28,15 +36,20 @@ import json
 from typing import Any
 
 from cgc.backends.cerebras.kernels.cached_attention import CACHE_SEQUENCES
+from cgc.backends.cerebras.kernels.optimizer import norm_cycles
 from cgc.backends.cerebras.placement import Placement
 from cgc.backends.cerebras.planner import (
+    GRAD,
     Plan,
+    Region,
+    joint_loss,
     param_bytes,
     part_range,
     step_overhead,
     stream_cycles,
     streaming_cycles,
 )
+from cgc.backends.cerebras.train_steps import training_steps
 from cgc.errors import InputError
 from cgc.ir import Graph, TensorType
 
@@ -57,7 +70,7 @@ def _meta(node) -> dict[str, Any]:
 def build_program(plan: Plan, placement: Placement, weights_note: str | None) -> dict[str, Any]:
     """The program for a placed plan; `weights_note` says why there is no weights file."""
     g, m = plan.graph, plan.machine
-    return {
+    program = {
         "schema": SCHEMA,
         "graph": g.name,
         "machine": {
@@ -103,6 +116,32 @@ def build_program(plan: Plan, placement: Placement, weights_note: str | None) ->
         ],
         "schedule": _schedule(plan),
         "steps": _steps(plan) if plan.mode == "streaming" else None,
+    }
+    loss = joint_loss(g)
+    if loss is not None:
+        program["training"] = {
+            "loss": loss.name,
+            "gradients": [v.name for v in g.outputs if v.name.startswith(GRAD)],
+            "update": "memoryx" if plan.mode == "streaming" else "wafer",
+        }
+        if plan.mode == "streaming":
+            program["steps"] = _train_steps(plan)
+        else:
+            program["training"]["optimizer"] = plan.stages[0].optimizer
+            program["training"]["sequences"] = g.inputs[0].shape[0] if g.inputs else 1
+            program["training"]["norm_cycles"] = norm_cycles(m)
+            for entry, region in zip(program["regions"], plan.regions, strict=True):
+                entry.update(_held(region))
+    return program
+
+
+def _held(region: Region) -> dict[str, Any]:
+    """What a pipelined training region holds besides its kernels, and its update's cycles."""
+    update = region.cost.update
+    cycles = update.cost(region.rows, region.cols).total if update is not None else 0
+    return {
+        "stash_bytes": region.stage.stash_bytes,
+        "update": {"elements": region.stage.update_elements, "cycles": cycles},
     }
 
 
@@ -213,6 +252,41 @@ def _steps(plan: Plan) -> list[dict[str, Any]]:
                 "stream_cycles": stream_cycles(weights, plan.machine),
                 "overhead_cycles": step_overhead(plan.machine),
                 "cycles": streaming_cycles(compute, weights, plan.machine),
+            }
+        )
+    return out
+
+
+def _train_steps(plan: Plan) -> list[dict[str, Any]]:
+    """A training graph's weight-streaming steps: direction, traffic, recomputation, drops."""
+    recomputed = frozenset(
+        s.layer
+        for s in plan.stages
+        if s.direction == "forward" and any(n.meta.get("recompute") for n in s.nodes)
+    )
+    m = plan.machine
+    steps = training_steps(plan.graph, plan.stages, plan.free, m, plan.precision, recomputed)
+    out = []
+    for step in steps:
+        cycles, bound = step.cycles(m)
+        out.append(
+            {
+                "step": step.index,
+                "layer": step.layer,
+                "direction": step.direction,
+                "stages": [s.index for s in step.stages],
+                "compute_cycles": step.compute_cycles,
+                "recompute": [n.outputs[0].name for n in step.recompute],
+                "recompute_cycles": step.recompute_cycles,
+                "weight_bytes": step.weight_bytes,
+                "stream_cycles": stream_cycles(step.weight_bytes, m),
+                "gradient_bytes": step.gradient_bytes,
+                "gradient_cycles": stream_cycles(step.gradient_bytes, m),
+                "live_bytes": [step.live_in, step.live_out],
+                "drop": step.drop,
+                "overhead_cycles": step_overhead(m),
+                "cycles": cycles,
+                "bound": bound,
             }
         )
     return out

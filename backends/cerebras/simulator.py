@@ -9,6 +9,9 @@ own regions with their slice of the weights; their outputs are concatenated as t
 route delivers them. Route ops (reshape, slice, ...) run where the schedule puts them.
 
 Cycles per region are the kernel library's cost model for the rectangle and tiling executed.
+A training program's weight-streaming steps also re-run the forward nodes they recompute
+(`recompute_cycles` per step) and free the values they drop, so a backward step that read a
+value neither kept nor recomputed fails instead of reading it.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Simulator:
         self.weights = weights
         self.graph = Graph(program["graph"])
         self.region_cycles = [0] * len(program["regions"])
+        self._kernel_cycles: dict[str, int] = {}
         types = {n: TensorType(tuple(t["shape"]), t["dtype"]) for n, t in program["values"].items()}
         self.input_types = [(n, types[n]) for n in program["inputs"]]
         for name, t in self.input_types:
@@ -73,13 +77,29 @@ class Simulator:
             for entry in region["kernels"]:
                 placed.setdefault(entry["node"], []).append((region, entry))
         route_ops = {op["node"]: op for op in program["route_ops"]}
+        runners: dict[str, Callable[[Env], None]] = {}
         self.steps: list[Callable[[Env], None]] = []
+        # A training program's streaming steps re-run recomputed nodes at their start and
+        # free the values they list at their end (the recomputation makes them again).
+        streaming = {s["step"]: s for s in program["steps"] or [] if "recompute" in s}
+        self.recompute_cycles = dict.fromkeys(streaming, 0)
+        current = None
         for stage in program["schedule"]:
+            if stage["step"] != current:
+                if current in streaming:
+                    self.steps.append(_dropping(streaming[current]["drop"]))
+                current = stage["step"]
+                for name in streaming[current]["recompute"] if current in streaming else []:
+                    self.steps.append(runners[name])
+                    self.recompute_cycles[current] += self._kernel_cycles.get(name, 0)
             for kind, name in stage["run"]:
                 if kind == "kernel":
-                    self.steps.append(self._kernel_step(placed[name], types))
+                    runners[name] = self._kernel_step(placed[name], types)
                 else:
-                    self.steps.append(self._route_step(route_ops[name], types))
+                    runners[name] = self._route_step(route_ops[name], types)
+                self.steps.append(runners[name])
+        if current in streaming:
+            self.steps.append(_dropping(streaming[current]["drop"]))
 
     def _node(self, spec: dict[str, Any], inputs: list[str], types: dict[str, TensorType]):
         """The IR node a program entry describes, its declared output types checked."""
@@ -117,7 +137,11 @@ class Simulator:
                 kernel = kernel_for(part_node(node, n0, n1), machine, entry["precision"])
                 features = (n0, n1)
             rows, cols = region["rect"]["rows"], region["rect"]["cols"]
-            self.region_cycles[region["id"]] += kernel.cycles(rows, cols)
+            cycles = kernel.cycles(rows, cols)
+            self.region_cycles[region["id"]] += cycles
+            self._kernel_cycles[node.outputs[0].name] = (
+                self._kernel_cycles.get(node.outputs[0].name, 0) + cycles
+            )
             runs.append((kernel, region, entry, features))
         outputs = first["outputs"]
 
@@ -176,6 +200,23 @@ class Simulator:
                 raise InputError(f"input {name} expects {t}, got {x.dtype} {list(x.shape)}")
             env[name] = x
         with torch.no_grad():
-            for step in self.steps:
-                step(env)
+            try:
+                for step in self.steps:
+                    step(env)
+            except KeyError as e:
+                if e.args[0] not in self._values:
+                    raise
+                raise InputError(
+                    f"the program reads %{e.args[0]} after a step dropped it; recompile the program"
+                ) from None
         return [env[n] for n in self.program["outputs"]]
+
+
+def _dropping(names: list[str]) -> Callable[[Env], None]:
+    """A step freeing `names` (values a later recomputation makes again)."""
+
+    def step(env: Env) -> None:
+        for name in names:
+            del env[name]
+
+    return step

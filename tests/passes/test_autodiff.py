@@ -26,12 +26,12 @@ graph @g(%x: f32[2,3]) {
 """
 
 BACKWARD = """\
-  %constant = constant() {dtype="f32", shape=[], value=1.0} : f32[]
-  %reshape = reshape(%constant) {shape=[1, 1]} : f32[1,1]
+  %seed = constant() {dtype="f32", shape=[], value=1.0} : f32[]
+  %reshape = reshape(%seed) {shape=[1, 1]} : f32[1,1]
   %expand = expand(%reshape) {shape=[2, 4]} : f32[2,4]
-  %constant_1 = constant() {dtype="f32", shape=[], value=1.0} : f32[]
+  %constant = constant() {dtype="f32", shape=[], value=1.0} : f32[]
   %mul = mul(%t, %t) : f32[2,4]
-  %sub = sub(%constant_1, %mul) : f32[2,4]
+  %sub = sub(%constant, %mul) : f32[2,4]
   %mul_1 = mul(%expand, %sub) : f32[2,4]
   %mul_2 = mul(%mul_1, %scale) : f32[2,4]
 """

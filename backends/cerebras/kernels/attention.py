@@ -118,6 +118,10 @@ class Attention(Kernel):
         """Per query: scores, block softmax, p·V, merge; K, V and q east, partials west."""
         return self._cost(rows, self.tiling(rows, cols))
 
+    def _per_query_extra(self) -> tuple[int, int]:
+        """Peak cycles and west-bound wavelets a subclass adds per query at the west PE."""
+        return 0, 0
+
     def _cost(self, rows: int, t: dict[str, Any]) -> Cost:
         m, p, b = self.machine, self.precision, BYTES[self.precision]
         kv, d, dv, chain = t["kv_tile"], self.head_dim, self.value_dim, t["chain"]
@@ -127,30 +131,27 @@ class Attention(Kernel):
         masking = vec_kv * (int(self.attrs["causal"]) + int(self.mask))
         merge = (2 * vec_dv + 2 * exp + 4) if chain > 1 else 0
         finish = vec_dv * VECTOR_OP_COST["div"]
-        peak = d * vec_kv + softmax + masking + kv * vec_dv + merge + finish
+        extra, extra_words = self._per_query_extra()
+        peak = d * vec_kv + softmax + masking + kv * vec_dv + merge + finish + extra
         per_query = m.sustained_cycles(peak) + m.task_overhead_cycles
         queries = t["pairs_per_lane"] * t["q_tile"]
         compute = queries * per_query
         east = t["pairs_per_lane"] * (
             t["q_tile"] * words(d, b) + self.kv_len * (words(d, b) + words(dv, b))
         )
-        west = queries * ((dv + 2) if chain > 1 else words(dv, b))
+        west = queries * (((dv + 2) if chain > 1 else words(dv, b)) + extra_words)
         fabric = max(east, west)
         latency = m.hop_latency_cycles * (rows + chain) + m.task_overhead_cycles
         return Cost(compute, fabric, latency, max(compute, fabric) + latency)
 
     def _execute(self, args, tiling):
+        return [self._flash(args, tiling)[0]]
+
+    def _flash(self, args, tiling) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rounded output, and each query's fp32 running max m and Σp [batch, heads, q, 1]."""
         h, t, s, p = self.heads, self.q_len, self.kv_len, self.precision
-
-        def split_heads(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(self.batch, x.shape[1], h, -1).transpose(1, 2)
-
-        q, k, v = (split_heads(x) for x in args[:3])
-        bias = torch.zeros(t, s)
-        if self.attrs["causal"]:
-            bias = bias.masked_fill(~torch.ones(t, s, dtype=torch.bool).tril(s - t), -torch.inf)
-        if self.mask:
-            bias = bias + args[3]
+        q, k, v = (split_heads(x, h) for x in args[:3])
+        bias = attention_bias(t, s, self.attrs["causal"], args[3] if self.mask else None)
         kv = tiling["kv_tile"]
         partials = []
         for k0 in range(0, s, kv):
@@ -169,8 +170,43 @@ class Attention(Kernel):
         # A query whose every key is masked has o = 0 and total = 0: it outputs zeros (the op's
         # semantics, as torch SDPA), not NaN.
         o = o / torch.where(total == 0, 1.0, total)
-        out = o.transpose(1, 2).reshape(self.batch, t, h * self.value_dim)
-        return [round_to(out, p)]
+        return round_to(merge_heads(o), p), m, total
+
+
+class AttentionLse(Attention):
+    """`attention` that also emits each query's log-sum-exp, for the backward (attention_lse).
+
+    The west PE adds log(Σp) to the running max: one log and one add per query, one more fp32
+    wavelet west. The log-sum-exp stays fp32 (a softmax statistic, as in the forward); a query
+    whose every key is masked gets +inf, so the backward's recomputed weights are zeros.
+    """
+
+    def _per_query_extra(self) -> tuple[int, int]:
+        return VECTOR_OP_COST["log"] + VECTOR_OP_COST["add"], 1
+
+    def _execute(self, args, tiling):
+        out, m, total = self._flash(args, tiling)
+        lse = (m + torch.log(total)).squeeze(-1)
+        return [out, lse.masked_fill(total.squeeze(-1) == 0, torch.inf)]
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[batch, seq, heads·d] -> [batch, heads, seq, d]."""
+    return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[batch, heads, seq, d] -> [batch, seq, heads·d]."""
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+def attention_bias(t: int, s: int, causal: bool, mask: torch.Tensor | None) -> torch.Tensor:
+    """The additive [t, s] score bias: -inf above the causal diagonal, plus the mask."""
+    bias = torch.zeros(t, s)
+    if causal:
+        bias = bias.masked_fill(~torch.ones(t, s, dtype=torch.bool).tril(s - t), -torch.inf)
+    return bias if mask is None else bias + mask
 
 
 def _rescale(m: torch.Tensor, top: torch.Tensor) -> torch.Tensor:

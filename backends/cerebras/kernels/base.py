@@ -63,6 +63,20 @@ def words(elements: int, nbytes: int) -> int:
     return ceil_div(elements * nbytes, 4)
 
 
+def chain_reduce_cycles(machine: Machine, parts: int, block: int) -> int:
+    """Cycles to sum `parts` partial blocks of `block` fp32 values along a chain of PEs.
+
+    The blocks stream through the chain in pieces, each PE adding its own as they pass (as a
+    GEMM's partial sums do), so the time is one block's adds (or its wavelets, if more) plus
+    a hop and a task activation per further part.
+    """
+    if parts <= 1:
+        return 0
+    m = machine
+    block_time = max(block, m.sustained_cycles(m.vector_cycles(block, "fp32")))
+    return block_time + (parts - 1) * (m.hop_latency_cycles + m.task_overhead_cycles)
+
+
 @dataclass(frozen=True)
 class Cost:
     """Cycles of one pass of a kernel over its whole input on one rectangle."""

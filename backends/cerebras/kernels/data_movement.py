@@ -4,9 +4,10 @@ Free (no PEs, no cycles; the planner folds them into routes): `reshape` (a row-m
 unchanged by a new shape), `slice` and `concat` (a consumer reads a subset of a stream, or
 several streams), `expand` (a resident operand is replayed), `cast` (the precision of the
 program decides storage; the value is converted exactly as the IR says), `constant` (an
-immediate of its consumer), and a `transpose` that keeps the row-major order (it moves only
-size-1 axes) or permutes data the host loads (parameters and graph inputs are laid out in
-the permuted order).
+immediate of its consumer), `pad` (the consumer reads zeros outside the stream), a `transpose`
+that keeps the row-major order (it moves only size-1 axes) or permutes data the host loads
+(parameters and graph inputs are laid out in the permuted order), and the transpose of a token
+stream that a weight gradient reads as it comes (kernels/gemm_backward.py).
 
 Any other transpose reorders the stream: the whole tensor is gathered into the rectangle's SRAM
 (in through the north edge), then sent out in the new order (through the east edge).
@@ -19,7 +20,7 @@ from typing import Any
 from cgc.backends.cerebras.kernels.base import Cost, Kernel, ceil_div, elem_bytes, words
 from cgc.ir import get_op
 
-FREE_OPS = ("reshape", "slice", "concat", "expand", "cast", "constant", "transpose")
+FREE_OPS = ("reshape", "slice", "concat", "expand", "cast", "constant", "transpose", "pad")
 
 
 class Free(Kernel):

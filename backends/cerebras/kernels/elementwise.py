@@ -1,4 +1,5 @@
-"""Elementwise ops (unary, binary, compare, select, GELU): tokens over rows, features over columns.
+"""Elementwise ops (unary, binary, compare, select, GELU and its gradient): tokens over rows,
+features over columns.
 
 Operands that vary from token to token stream down the columns with the tokens; operands that
 do not (a bias [D], a scalar constant) stay resident in each PE's slice. Each element costs the
@@ -48,6 +49,10 @@ def element_cost(op: str, attrs: Mapping[str, Any]) -> int:
         if attrs["approximate"] == "tanh":
             return C["tanh"] + 3 * C["mul"] + 2 * C["add"]
         return C["erf"] + 2 * C["mul"] + C["add"]
+    if op == "gelu_grad":  # dy·(Φ(x) + x·φ(x)), or the tanh form's derivative
+        if attrs["approximate"] == "tanh":
+            return C["tanh"] + 7 * C["mul"] + 3 * C["add"]
+        return C["erf"] + C["exp"] + 5 * C["mul"] + 2 * C["add"]
     return ELEMENT_COST[op]
 
 

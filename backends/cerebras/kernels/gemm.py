@@ -42,6 +42,8 @@ from cgc.backends.cerebras.tiles import chain_sum
 class Linear(Kernel):
     """Weight-stationary x @ wᵀ + b: tokens stream through lanes of K-block chains."""
 
+    max_chain = MAX_CHAIN
+
     def __init__(self, node, machine, precision) -> None:
         super().__init__(node, machine, precision)
         x, w = self.in_types[0], self.in_types[1]
@@ -55,7 +57,8 @@ class Linear(Kernel):
     def _tile(self, rows: int, cols: int) -> dict[str, Any]:
         """The chain and token groups that fit in SRAM with the fewest cycles (`pick_tiling`)."""
         fitting, spilling = [], []
-        for chain in range(1, min(cols, MAX_CHAIN, self.k) + 1):
+        longer = range(2 * MAX_CHAIN, min(cols, self.max_chain, self.k) + 1, MAX_CHAIN)
+        for chain in [*range(1, min(cols, MAX_CHAIN, self.k) + 1), *longer]:
             if ceil_div(self.k, ceil_div(self.k, chain)) != chain:
                 continue  # a shorter chain gives the same k_tile with more lanes
             frontier, spill = self._lane_options(chain, rows * (cols // chain))

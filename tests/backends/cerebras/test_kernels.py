@@ -265,10 +265,14 @@ def test_data_movement_is_free_unless_it_reorders_the_stream(one_node, body, inp
         assert k.cost(3, 2) == Cost(0, 24 + 16, 25, 65)
 
 
-def test_reductions_off_the_last_axis_are_unsupported(one_node) -> None:
-    node = one_node("%y = reduce_sum(%x) {axes=[0], keepdim=false} : f32[6]", "%x: f32[4,6]")
-    with pytest.raises(UnsupportedOpError, match="reduces only along the last axis"):
+def test_reductions_off_the_last_and_leading_axes_are_unsupported(one_node) -> None:
+    node = one_node("%y = reduce_sum(%x) {axes=[1], keepdim=false} : f32[4,6]", "%x: f32[4,5,6]")
+    with pytest.raises(
+        UnsupportedOpError, match="reduces only along the last axis or across leading axes"
+    ):
         kernel_for(node, WSE2, "fp32")
+    node = one_node("%y = reduce_sum(%x) {axes=[0], keepdim=false} : f32[6]", "%x: f32[4,6]")
+    assert type(kernel_for(node, WSE2, "fp32")).__name__ == "TokenReduction"
 
 
 def test_an_op_without_a_kernel_is_named(one_node) -> None:

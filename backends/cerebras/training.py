@@ -1,0 +1,150 @@
+"""The simulated training step: the wafer computes loss and gradients, the host (MemoryX) updates.
+
+A training step graph (cgc.training.step: inputs are the trainable parameters, the optimizer
+state, `step` and the batch; outputs the loss, grad_norm, lr and `new.X` for every input X it
+updates) is cut at its gradients (cgc.training.split):
+
+- the joint part, (batch) -> (loss, grad.<param> ...) with the parameters as parameters again,
+  becomes a wafer program, planned (layer-pipelined or weight streaming), placed and run by
+  the simulator, numerics and cycles, in the program's precision from the fp32 master weights
+  rounded as they stream in (or as the pipelined regions keep them);
+- the update part, (params, state, step, grads) -> (grad_norm, lr, new params, new state): the
+  clipping, schedule and optimizer exactly as ONNX Runtime runs them, here with the IR
+  interpreter in fp32 on the host, as MemoryX applies them to its fp32 master weights (a
+  pipelined plan runs the same elementwise fp32 operations in its regions; only the order of
+  the gradient norm's sum may differ).
+
+Mixed precision with loss scaling (cgc.training.loss_scale; on by default for fp16): the wafer's
+backward is seeded with the scale S (cgc.passes.autodiff.scale_loss), the host divides the
+gradients by S in fp32 and skips the update of a step whose gradients overflowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from cgc.backends.cerebras import report
+from cgc.backends.cerebras.artifact import compile as compile_program
+from cgc.backends.cerebras.program import dumps, loads
+from cgc.backends.cerebras.simulator import Simulator
+from cgc.errors import InputError
+from cgc.ir import Graph, interpret
+from cgc.passes.autodiff import scale_loss
+from cgc.training.loss_scale import DynamicLossScale, all_finite
+from cgc.training.split import carried, inputs_to_params, split_step
+from cgc.training.step import GRAD
+
+
+class WaferTrainingSession:
+    """One training step compiled for a simulated wafer, with the state MemoryX keeps.
+
+    `step(inputs)` runs the program on the batch inputs (and `step`) and applies the update;
+    it returns the step graph's scalar outputs (loss, grad_norm, lr), the simulated
+    `wafer_cycles` and `wafer_tokens_per_s` of one step, and with loss scaling `loss_scale`
+    and `skipped` (1.0 when the update was skipped on overflow).
+    """
+
+    def __init__(
+        self,
+        step_graph: Graph,
+        state: Mapping[str, torch.Tensor],
+        *,
+        eval_graph: Graph | None = None,
+        target: str = "wse2",
+        precision: str = "fp32",
+        mode: str = "auto",
+        loss_scale: DynamicLossScale | None = None,
+    ) -> None:
+        self.pairs = carried(step_graph)
+        missing = [x for x in self.pairs if x not in state]
+        if missing:
+            raise InputError(f"no initial value for %{missing[0]} of the training step")
+        joint, self.update, self.params = split_step(step_graph)
+        if loss_scale is None and precision == "fp16":
+            loss_scale = DynamicLossScale()
+        self.loss_scale = loss_scale
+        if loss_scale is not None:
+            scale_loss(joint)
+        self.options = {"target": target, "precision": precision, "mode": mode}
+        self.program, self.simulator = _simulate(joint, self.options)
+        weights = step_graph.weights
+        self.frozen = {n: weights[n] for n in self.program["params"] if n in weights}
+        self.batch_names = [v.name for v in joint.inputs if v.name != "loss_scale"]
+        estimate = report.estimate(
+            self.program, self.simulator.region_cycles, self.simulator.recompute_cycles or None
+        )
+        self.cycles = estimate["period_cycles"]
+        self.tokens_per_s = estimate["tokens_per_s"]
+        self.report = estimate
+        self.state = {x: state[x].detach().clone().float() for x in self.pairs}
+        self._eval_graph = eval_graph
+        self._eval: tuple[dict[str, Any], Simulator, list[str]] | None = None
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {**self.frozen, **{p: self.state[p] for p in self.params}}
+
+    def step(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Run one step on the batch inputs and `step`; returns its scalars (see the class)."""
+        batch = [_need(inputs, n) for n in self.batch_names]
+        scale = None if self.loss_scale is None else self.loss_scale.scale
+        if scale is not None:
+            batch.append(torch.tensor(scale, dtype=torch.float32))
+        self.simulator.weights = self._weights()
+        loss, *grads = self.simulator.run(*batch)
+        apply = True
+        if scale is not None:
+            grads = [g / scale for g in grads]  # fp32 on the host
+            apply = self.loss_scale.update(all_finite(grads))
+        grads_by_name = {GRAD + p: g for p, g in zip(self.params, grads, strict=True)}
+        feed = {**self.state, **grads_by_name}
+        feed |= {n: v for n, v in inputs.items() if n not in feed}
+        outputs = interpret(self.update, *(_need(feed, v.name) for v in self.update.inputs))
+        metrics = {"loss": float(loss)}
+        for value, out in zip(self.update.outputs, outputs, strict=True):
+            if value.type.rank == 0:
+                metrics[value.name] = float(out)
+        if apply:
+            named = {v.name: out for v, out in zip(self.update.outputs, outputs, strict=True)}
+            for x, new_x in self.pairs.items():
+                self.state[x] = named[new_x]
+        metrics |= {"wafer_cycles": float(self.cycles), "wafer_tokens_per_s": self.tokens_per_s}
+        if scale is not None:
+            metrics |= {"loss_scale": scale, "skipped": 0.0 if apply else 1.0}
+        return metrics
+
+    def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The evaluation graph's outputs on the wafer, with the current parameters."""
+        if self._eval_graph is None:
+            raise InputError("this training session was built without an evaluation graph")
+        if self._eval is None:
+            g = self._eval_graph.copy()
+            inputs_to_params(g, [v.name for v in g.inputs if v.name in self.params])
+            program, simulator = _simulate(g, self.options)
+            self._eval = (program, simulator, [v.name for v in g.inputs])
+        _, simulator, names = self._eval
+        simulator.weights = {**self._eval_graph.weights, **self._weights()}
+        return simulator.run(*(_need(inputs, n) for n in names))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Copies of the parameters and optimizer state, by input name."""
+        return {x: v.clone() for x, v in self.state.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite the parameters and optimizer state."""
+        for x in self.state:
+            self.state[x] = state[x].detach().clone().float()
+
+
+def _simulate(graph: Graph, options: dict[str, str]) -> tuple[dict[str, Any], Simulator]:
+    """Plan and place `graph` for the wafer; its program and a simulator without weights yet."""
+    program = compile_program(graph, {}, **options).program
+    return program, Simulator(loads(dumps(program), "program.json"), {})
+
+
+def _need(inputs: Mapping[str, Any], name: str) -> Any:
+    if name not in inputs:
+        raise InputError(f"the training step needs input {name!r}")
+    return inputs[name]
