@@ -65,7 +65,7 @@ def feeds_weight_gradients(value: Value) -> bool:
     """Whether every use of `value` (a transpose's output) is a weight gradient's first operand,
     so the transpose need not move data."""
     return bool(value.users) and all(
-        u.inputs[0] is value and u.inputs[1] is not value and reads_transposed_tokens(u)
+        reads_transposed_tokens(u) and u.inputs[0] is value and u.inputs[1] is not value
         for u in value.users
     )
 
