@@ -432,18 +432,24 @@ def _attention(n: OnnxNode) -> list[Operand]:
         if heads is None:
             raise ModelError(f"node '{n.name}' (Attention): 3-D inputs need q_num_heads")
         d_head = q.shape[2] // heads
-    if kv_heads != heads:
-        raise n.unsupported(f"grouped-query attention ({heads} query, {kv_heads} key heads)")
     causal = bool(n.attr("is_causal", 0))
     if causal and q.shape[1] != k.shape[1]:
         # ONNX aligns the causal mask to the top left, the IR to the bottom right.
         raise n.unsupported("causal attention with different query and key lengths")
     scale = n.attr("scale")
-    attrs = {"num_heads": heads, "causal": causal, "scale": scale or 1.0 / math.sqrt(d_head)}
+    attention = get_op("attention")
+    attrs = attention.complete_attrs(
+        {
+            "num_heads": heads,
+            "num_kv_heads": kv_heads,
+            "causal": causal,
+            "scale": scale or 1.0 / math.sqrt(d_head),
+        }
+    )
     inputs = [q, k, v]
     if n.has(3):
         inputs.append(_additive_mask(n, q.dtype))
-    out = get_op("attention").decompose(n.g, inputs, attrs)[0]
+    out = attention.decompose(n.g, inputs, attrs)[0]
     if four_d:
         b, t, e = out.shape
         out = n.call("reshape", out, shape=[b, t, heads, e // heads])

@@ -102,7 +102,14 @@ def test_registry_decomposition_with_an_additive_mask_keeps_it(decomposed, same_
     same_numerics(g, "fuse-attention,canonicalize")
     assert fused_attention(g) == (
         ["q", "k", "v", "mask"],
-        {"num_heads": 2, "causal": True, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": True,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
     assert g.op_counts() == {"attention": 1}
 
@@ -172,7 +179,14 @@ def test_mask_forms_fuse(same_numerics, variant) -> None:
     causal = variant != "no mask"
     assert fused_attention(g) == (
         ["q", "k", "v"],
-        {"num_heads": 2, "causal": causal, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": causal,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
     assert g.op_counts() == {"attention": 1}
 
@@ -234,7 +248,14 @@ def test_a_non_causal_additive_mask_becomes_the_mask_operand(same_numerics) -> N
     g = same_numerics(hand_written(mask="add", mask_data=data), "fuse-attention,canonicalize")
     assert fused_attention(g) == (
         ["q", "k", "v", "bias.expand"],
-        {"num_heads": 2, "causal": False, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
 
 
@@ -243,7 +264,14 @@ def test_a_non_causal_where_mask_becomes_an_additive_mask_operand(same_numerics)
     g = same_numerics(g, "fuse-attention,canonicalize")
     assert fused_attention(g) == (
         ["q", "k", "v", "keep.where"],
-        {"num_heads": 2, "causal": False, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
     additive = torch.zeros(T, T).masked_fill(~tril().T, -torch.inf)
     assert torch.equal(g.weights["keep.where"], additive)
@@ -257,7 +285,14 @@ def test_a_meta_where_mask_becomes_an_additive_mask_operand(run_pipeline) -> Non
     assert [i.producer.attrs["value"] for i in where.inputs[1:]] == [float("-inf"), 0.0]
     assert fused_attention(g) == (
         ["q", "k", "v", where.output.name],
-        {"num_heads": 2, "causal": False, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
 
 
@@ -266,7 +301,14 @@ def test_a_meta_additive_mask_becomes_the_mask_operand(run_pipeline) -> None:
     g = run_pipeline(hand_written(mask="add", mask_data=meta), "fuse-attention")
     assert fused_attention(g) == (
         ["q", "k", "v", "expand"],
-        {"num_heads": 2, "causal": False, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
 
 
@@ -331,7 +373,14 @@ def test_nan_guard_with_a_finite_mask_fuses_keeping_the_mask(same_numerics) -> N
     g = same_numerics(onnx_sdpa(torch.randn(1, 1, T, T)), "canonicalize,fuse-attention")
     assert fused_attention(g) == (
         ["q", "k", "v", "bias"],
-        {"num_heads": 2, "causal": False, "scale": 0.25},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.25,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
 
 
@@ -341,7 +390,14 @@ def test_nan_guard_with_a_mask_that_may_mask_whole_rows_fuses(run_pipeline) -> N
     g = run_pipeline(g, "canonicalize,fuse-attention,canonicalize")
     assert fused_attention(g) == (
         ["q", "k", "v", "bias"],
-        {"num_heads": 2, "causal": False, "scale": 0.25},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.25,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
 
 

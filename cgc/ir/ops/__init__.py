@@ -11,6 +11,6 @@ from cgc.ir.ops import (  # noqa: F401  (registration)
     reduce,
     shape,
 )
-from cgc.ir.ops.registry import REQUIRED, OpDef, all_ops, get_op, register
+from cgc.ir.ops.registry import REQUIRED, OpDef, SameAs, all_ops, get_op, register
 
-__all__ = ["REQUIRED", "OpDef", "all_ops", "get_op", "register"]
+__all__ = ["REQUIRED", "OpDef", "SameAs", "all_ops", "get_op", "register"]
