@@ -9,6 +9,8 @@ from cgc.passes import (  # noqa: F401  (registration)
     fuse_layer_norm,
     fuse_linear,
     fuse_qkv_attention,
+    fuse_rms_norm,
+    fuse_rotary_embedding,
     kv_cache,
     layer_pipeline,
     train_step,

@@ -60,7 +60,8 @@ class FuseQkvAttention(Pass):
 
     Fires when q, k and v are the first, second and third equal slices of the last axis of a
     single linear's output, that output feeds nothing else, and the attention has no mask
-    operand, no shared key heads, window or ALiBi bias. Not in the default pipeline; the ONNX Runtime backend runs it while lowering.
+    operand, no shared key heads, window or ALiBi bias. Not in the default pipeline; the ONNX
+    Runtime backend runs it while lowering.
     """
 
     name = "fuse-qkv-attention"

@@ -126,6 +126,9 @@ for _op in (
     "erf",
     "sigmoid",
     "relu",
+    "silu",
+    "cos",
+    "sin",
 ):
     _converts(getattr(aten, _op).default)(_unary(_op))
 
@@ -222,6 +225,12 @@ def _matmul(cx: FxImporter, a: Any, b: Any) -> Value:
     if y.type.rank == 1:
         y = cx.g.call("reshape", y, shape=[y.shape[0], 1])
     return _reshape_to(cx, cx.g.call("matmul", x, y), cx.out.shape)
+
+
+@_converts(aten.baddbmm.default)
+def _baddbmm(cx: FxImporter, bias: Any, a: Any, b: Any, *, beta: Any = 1, alpha: Any = 1) -> Value:
+    """beta·bias + alpha·(a @ b) on batches (BLOOM adds its ALiBi bias to the scores so)."""
+    return _addmm(cx, bias, a, b, beta=beta, alpha=alpha)
 
 
 @_converts(aten.addmm.default)
@@ -353,6 +362,22 @@ def _unbind(cx: FxImporter, x: Any, dim: int = 0) -> tuple:
     return tuple(lambda i=i: item(i) for i in range(value.shape[axis]))
 
 
+@_converts(aten.repeat_interleave.self_int)
+def _repeat_interleave(
+    cx: FxImporter, x: Any, repeats: int, dim: int | None = None, *, output_size: Any = None
+) -> Value:
+    """Each slice along `dim` repeated `repeats` times in place (GPT-J's sin/cos tables, shared
+    key-value heads): a new axis after `dim`, expanded, then merged into it."""
+    value = cx.value(x)
+    if dim is None:
+        value, dim = _reshape_to(cx, value, (value.type.numel,)), 0
+    axis = dim % value.type.rank
+    shape = list(value.shape)
+    grown = cx.g.call("reshape", value, shape=[*shape[: axis + 1], 1, *shape[axis + 1 :]])
+    grown = cx.g.call("expand", grown, shape=[*shape[: axis + 1], repeats, *shape[axis + 1 :]])
+    return _reshape_to(cx, grown, cx.out.shape)
+
+
 @_converts(aten.cat.default)
 def _cat(cx: FxImporter, tensors: Sequence[Any], dim: int = 0) -> Value:
     dtype = cx.out.dtype
@@ -468,6 +493,11 @@ def _reduce(op: str) -> Converter:
         return cx.g.call(op, value, axes=_axes(dim, value.type.rank), keepdim=keepdim)
 
     return convert
+
+
+@_converts(aten.cumsum.default)
+def _cumsum(cx: FxImporter, x: Any, dim: int, *, dtype: Any = None) -> Value:
+    return cx.g.call("cumsum", cx.operand(x, cx.out.dtype), axis=dim % cx.out.rank)
 
 
 _converts(aten.sum.dim_IntList, aten.sum.default)(_reduce("reduce_sum"))

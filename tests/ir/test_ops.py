@@ -25,6 +25,32 @@ FUSED = {
     "attention_causal_mask": (
         "%y = attention(%x, %x, %x, %m) {causal=true, num_heads=1, scale=0.2} : f32[2,5,5]"
     ),
+    "attention_gqa": (
+        "%y = attention(%x, %kv, %kv) {causal=true, num_heads=4, num_kv_heads=2, scale=0.5}"
+        " : f32[2,5,8]"
+    ),
+    "attention_mqa_window": (
+        "%y = attention(%x, %k1, %k1) {causal=true, num_heads=4, num_kv_heads=1, scale=0.5,"
+        " window=2} : f32[2,5,8]"
+    ),
+    "attention_alibi_mask": (
+        "%y = attention(%x, %x, %x, %m) {alibi_slopes=[0.5, 0.25, 0.125, 0.0625], causal=true,"
+        " num_heads=4, scale=0.5} : f32[2,5,8]"
+    ),
+    "attention_cross": (
+        "%y = attention(%x, %mem, %mem) {causal=false, num_heads=2, scale=0.5} : f32[2,5,8]"
+    ),
+    "rms_norm": "%y = rms_norm(%x, %g8) {eps=1e-06} : f32[2,5,8]",
+    "rms_norm_plain": "%y = rms_norm(%x) {eps=0.001} : f32[2,5,8]",
+    "rotary_half": (
+        "%y = rotary_embedding(%x, %cos, %sin) {interleaved=false, num_heads=2, rotary_dim=4}"
+        " : f32[2,5,8]"
+    ),
+    "rotary_interleaved_batch": (
+        "%y = rotary_embedding(%x, %bcos, %bsin) {interleaved=true, num_heads=2, rotary_dim=2}"
+        " : f32[2,5,8]"
+    ),
+    "swiglu": "%y = swiglu(%x, %wg, %wu) : f32[2,5,6]",
     "qkv_attention": (
         "%y = qkv_attention(%x, %w, %b) {causal=true, num_heads=2, scale=0.7} : f32[2,5,2]"
     ),
@@ -33,16 +59,22 @@ FUSED = {
 
 @pytest.mark.parametrize("case", sorted(FUSED))
 def test_decomposition_matches_reference(case: str) -> None:
+    old = ("linear", "layer_norm", "qkv_attention", "attention", "attention_causal_mask")
+    width = 5 if case in old or "gelu" in case else 8
     text = (
-        "graph @g(%x: f32[2,5,5]) {\n  param %w: f32[6,5]\n  param %b: f32[6]\n"
+        f"graph @g(%x: f32[2,5,{width}]) {{\n  param %w: f32[6,5]\n  param %b: f32[6]\n"
         "  param %g: f32[5]\n  param %b5: f32[5]\n  param %m: f32[5,5]\n"
+        "  param %kv: f32[2,5,4]\n  param %k1: f32[2,5,2]\n  param %mem: f32[2,7,8]\n"
+        "  param %g8: f32[8]\n  param %cos: f32[5,2]\n  param %sin: f32[5,2]\n"
+        "  param %bcos: f32[2,5,1]\n  param %bsin: f32[2,5,1]\n"
+        "  param %wg: f32[6,8]\n  param %wu: f32[6,8]\n"
         f"  {FUSED[case]}\n  return %y\n}}\n"
     )
     g = parse(text)
     gen = torch.Generator().manual_seed(0)
     for name, v in g.params.items():
         g.weights[name] = torch.randn(v.shape, generator=gen)
-    x = torch.randn(2, 5, 5, generator=gen)
+    x = torch.randn(2, 5, width, generator=gen)
     verify(g)
     (ref,) = interpret(g, x)
     _decompose_all(g)

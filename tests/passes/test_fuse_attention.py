@@ -220,10 +220,10 @@ NOT_FUSED = {
         dict(mask="keep", mask_data=tril(), return_probs=True),
         "at %softmax: also used outside the match, by the graph outputs",
     ),
-    "multi-query k": (
+    "k with fewer heads than v": (
         dict(kv_heads=1),
-        "at %reshape_3: constraint failed: q, k and v split into the same batch and number of "
-        "heads",
+        "at %reshape_3: constraint failed: q, k and v share the batch, and k and v a number of"
+        " heads that divides q's",
     ),
 }
 

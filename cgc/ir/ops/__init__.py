@@ -9,7 +9,10 @@ from cgc.ir.ops import (  # noqa: F401  (registration)
     nn,
     random,
     reduce,
+    rms_norm,
+    rotary,
     shape,
+    swiglu,
 )
 from cgc.ir.ops.registry import REQUIRED, OpDef, SameAs, all_ops, get_op, register
 

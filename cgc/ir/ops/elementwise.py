@@ -110,6 +110,7 @@ _UNARY = {
     "tanh": (torch.tanh, float_unary, 1),
     "erf": (torch.erf, float_unary, 1),
     "sigmoid": (torch.sigmoid, float_unary, 1),
+    "silu": (torch.nn.functional.silu, float_unary, 2),
     "cos": (torch.cos, float_unary, 1),  # cosine learning-rate decay, rotary embeddings
     "sin": (torch.sin, float_unary, 1),
     "relu": (torch.relu, unary, 1),
