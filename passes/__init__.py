@@ -11,6 +11,7 @@ from cgc.passes import (  # noqa: F401  (registration)
     fuse_qkv_attention,
     fuse_rms_norm,
     fuse_rotary_embedding,
+    fuse_swiglu,
     kv_cache,
     layer_pipeline,
     train_step,
