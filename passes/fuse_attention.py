@@ -75,8 +75,14 @@ def _split(x: Var, site: str) -> Pattern:
 
 
 def _is_heads(value: Value) -> bool:
-    """a 4-D tensor of heads"""
-    return value.type.rank == 4
+    """[b, heads, s, d] heads, or [b·heads, s, d] (a batch of single heads)"""
+    return value.type.rank in (3, 4)
+
+
+def _swaps_last_two(perm: list[int]) -> bool:
+    """a transpose of the last two axes"""
+    n = len(perm)
+    return n >= 3 and list(perm) == [*range(n - 2), n - 1, n - 2]
 
 
 def _repeated(heads: Pattern, site: str) -> Pattern:
@@ -100,7 +106,7 @@ q_heads = _scaled(_own_heads(q, "q"), "q_heads")
 k_heads_t = _scaled(
     Alt(
         Op.transpose(_split(k, "k"), perm=[0, 2, 3, 1]),
-        Op.transpose(_scaled(_heads(k, "k"), "k_heads"), perm=[0, 1, 3, 2]),
+        Op.transpose(_scaled(_heads(k, "k"), "k_heads"), perm=_swaps_last_two),
         Var("k_ht", where=_is_heads),  # [b, n, d, s], transposed elsewhere
     ),
     "k_t",
@@ -114,10 +120,13 @@ def _own_shape(m: Match, site: str) -> tuple[int, int, int, int]:
     if f"{site}_split" in m:
         b, s, n, d = m[f"{site}_split"].shape
         return b, n, s, d
-    if site == "k" and "k_ht" in m:
-        b, n, d, s = m["k_ht"].shape
+    keys_t = site == "k" and "k_ht" in m
+    heads = m["k_ht"] if keys_t else m[f"{site}_h"]
+    shape = heads.shape if heads.type.rank == 4 else (heads.shape[0], 1, *heads.shape[1:])
+    if keys_t:
+        b, n, d, s = shape
         return b, n, s, d
-    return m[f"{site}_h"].shape
+    return shape
 
 
 def _repeat_fits(m: Match, site: str) -> bool:
@@ -194,9 +203,13 @@ def _operand(g: Graph, m: Match, site: str) -> Value:
     b, n, s, d = _own_shape(m, site)
     if f"{site}_split" in m:
         return _reshaped(g, m[site], (b, s, n * d))
-    if site == "k" and "k_ht" in m:
-        return _reshaped(g, g.call("transpose", m["k_ht"], perm=[0, 3, 1, 2]), (b, s, n * d))
-    return _reshaped(g, g.call("transpose", m[f"{site}_h"], perm=[0, 2, 1, 3]), (b, s, n * d))
+    heads = m["k_ht"] if site == "k" and "k_ht" in m else m[f"{site}_h"]
+    if heads.type.rank == 3:  # single heads: [b, s, d] already, or [b, d, s] keys
+        return (
+            g.call("transpose", heads, perm=[0, 2, 1]) if heads is m.values.get("k_ht") else heads
+        )
+    perm = [0, 3, 1, 2] if heads is m.values.get("k_ht") else [0, 2, 1, 3]
+    return _reshaped(g, g.call("transpose", heads, perm=perm), (b, s, n * d))
 
 
 class _Masks:
@@ -211,13 +224,15 @@ class _Masks:
         self.operands: list[Value] = []
 
     def _data(self, value: Value) -> torch.Tensor | None:
+        """The mask's data as [b, heads, t, s], None when it is not known."""
         data = constant_data(self.g, value)
         if data is None:
             return None
         try:
-            return data.broadcast_to(self.m["qk"].shape)
+            data = data.broadcast_to(self.m["qk"].shape)
         except RuntimeError:
             return None
+        return data.reshape(-1, self.heads, self.t, self.s)
 
     def _causal_window(self, keep: torch.Tensor) -> int | None:
         """The window of a causal keep-mask (0: all earlier keys), None if not causal."""
@@ -372,6 +387,8 @@ def attention_rule(large_negative: float = -1e4) -> Rewrite:
                 mask = masks.operands[0]
                 for other in masks.operands[1:]:
                     mask = g.call("add", mask, other)
+                if mask.type.rank == 3 and m["qk"].type.rank == 3:  # [b, t, s]: one head each
+                    mask = g.call("reshape", mask, shape=[mask.shape[0], 1, *mask.shape[1:]])
                 operands.append(mask)
             out = g.call(
                 "attention",
@@ -383,7 +400,7 @@ def attention_rule(large_negative: float = -1e4) -> Rewrite:
                 window=masks.window,
                 alibi_slopes=masks.alibi_slopes,
             )
-            if m.root is m["context"].producer:  # the [b, h, t, d] heads, not merged
+            if m.root is m["context"].producer and m.root.output.type.rank == 4:  # unmerged
                 out = g.call("reshape", out, shape=[b, t, heads, out.shape[-1] // heads])
                 return g.call("transpose", out, perm=[0, 2, 1, 3])
         return _reshaped(g, out, m.root.output.shape)

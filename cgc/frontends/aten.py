@@ -276,6 +276,7 @@ def _slice_axis(cx: FxImporter, value: Value, axis: int, start: int, end: int, s
     aten.squeeze.dims,
     aten.unsqueeze.default,
     aten.flatten.using_ints,
+    aten.unflatten.int,
 )
 def _reshape(cx: FxImporter, x: Any, *shape_args: Any) -> Value:
     """Every view that keeps element order is a reshape to the static result shape."""
