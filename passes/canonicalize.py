@@ -178,7 +178,8 @@ class Canonicalize(Pass):
     - constant folding: a node whose inputs are constants or parameters with data, all of at
       most `fold_limit` elements, becomes a `constant` when uniform, else a parameter; a
       transpose that only feeds `linear` its weight becomes the weight stored transposed
-      (`<weight>.transpose`, any size, meta weights too); other transposes are layouts, kept;
+      (`<weight>.transpose`, any size, meta weights too), and so do slices of a weight used
+      only in slices (`<weight>.slice`); other transposes are layouts, kept;
     - dead-code elimination of unused nodes and parameters;
     - common-subexpression elimination (same op, inputs and attributes);
     - the identities in RULES (no-op views, view chains, x·1, x+0, and flattened batches
@@ -221,6 +222,8 @@ class Canonicalize(Pass):
         if node.op == "transpose":
             # A layout change, not a computation: the consumer decides the layout, not the size.
             return _is_linear_weight_layout(graph, node)
+        if node.op == "slice" and _is_weight_part(graph, node):
+            return True  # parts of a weight stay trainable, as its transposes (see _fold)
         # A trainable weight is never folded into a new constant: its gradient would be lost.
         return node.output.type.numel <= self.fold_limit and all(
             is_known(graph, v) and v.type.numel <= self.fold_limit and v.name not in graph.trainable
@@ -244,6 +247,21 @@ def _is_linear_weight_layout(graph: Graph, node: Node) -> bool:
         and all(
             u.op == "linear" and u.inputs[1] is out and u.inputs.count(out) == 1 for u in out.users
         )
+    )
+
+
+def _is_weight_part(graph: Graph, node: Node) -> bool:
+    """A slice of a weight (real or meta data) that is only ever used in slices.
+
+    nn.MultiheadAttention projects keys and values apart from queries with slices of its
+    packed in_proj weight; as parameters of their own, the parts feed `linear` like any
+    weight, and the packed one goes away, so no memory is duplicated.
+    """
+    w = node.inputs[0]
+    return (
+        graph.params.get(w.name) is w
+        and w.name in graph.weights
+        and all(u.op == "slice" for u in w.users)
     )
 
 

@@ -17,6 +17,7 @@ from onnx import NodeProto, TensorProto, helper
 
 from cgc.errors import UnsupportedOpError
 from cgc.ir import Node, Value
+from cgc.ir.ops.nn import position_bias
 from cgc.ir.ops.random import (
     LANES,
     MASK32,
@@ -169,6 +170,8 @@ _DIRECT = {
     "sin": "Sin",
     "sigmoid": "Sigmoid",
     "relu": "Relu",
+    "cos": "Cos",
+    "sin": "Sin",
     "add": "Add",
     "sub": "Sub",
     "mul": "Mul",
@@ -200,6 +203,18 @@ for _op, _op_type in _DIRECT.items():
 @lowering("rsqrt")
 def _rsqrt(e: Emitter, node: Node) -> None:
     e.op("Reciprocal", [e.op("Sqrt", [node.inputs[0].name])], node.output.name)
+
+
+@lowering("silu")
+def _silu(e: Emitter, node: Node) -> None:
+    x = node.inputs[0].name
+    e.op("Mul", [x, e.op("Sigmoid", [x])], node.output.name)
+
+
+@lowering("cumsum")
+def _cumsum(e: Emitter, node: Node) -> None:
+    axis = e.tensor(torch.tensor(node.attrs["axis"], dtype=torch.int64), "axis")
+    e.op("CumSum", [node.inputs[0].name, axis], node.output.name)
 
 
 @lowering("ne")
@@ -355,6 +370,53 @@ def _layer_norm(e: Emitter, node: Node) -> None:
     e.op("LayerNormalization", inputs, node.output.name, axis=-1, epsilon=node.attrs["eps"])
 
 
+@lowering("rms_norm")
+def _rms_norm(e: Emitter, node: Node) -> None:
+    """RMSNormalization (opset 23)."""
+    x = node.inputs[0]
+    scale = node.inputs[1].name if len(node.inputs) > 1 else None
+    if scale is None:  # RMSNormalization requires a scale
+        scale = e.tensor(torch.ones(x.shape[-1], dtype=x.type.torch_dtype), "ones")
+    e.op("RMSNormalization", [x.name, scale], node.output.name, axis=-1, epsilon=node.attrs["eps"])
+
+
+@lowering("rotary_embedding")
+def _rotary_embedding(e: Emitter, node: Node) -> None:
+    """RotaryEmbedding (opset 23) on the 3-D input; [seq, r/2] tables are indexed by position
+    ids 0..seq-1 (the op takes tables without ids only per batch row)."""
+    x, cos, sin = node.inputs
+    b, t, _ = x.shape
+    inputs = [x.name, cos.name, sin.name]
+    if cos.type.rank == 2:
+        positions = torch.arange(t, dtype=torch.int64).expand(b, t).contiguous()
+        inputs.append(e.tensor(positions, "positions"))
+    e.op(
+        "RotaryEmbedding",
+        inputs,
+        node.output.name,
+        num_heads=node.attrs["num_heads"],
+        rotary_embedding_dim=node.attrs["rotary_dim"],
+        interleaved=int(node.attrs["interleaved"]),
+    )
+
+
+@lowering("swiglu")
+def _swiglu(e: Emitter, node: Node) -> None:
+    """One Gemm on the gate and up weights stacked into one [2f, in] initializer (made here),
+    then Split, and silu(gate)·up as Sigmoid and two Muls."""
+    x, w_gate, w_up = node.inputs
+    out = node.output
+    f = w_gate.shape[0]
+    weights = e.op("Concat", [w_gate.name, w_up.name], axis=0)
+    rows = [prod(x.shape[:-1]), x.shape[-1]]
+    x2d = e.op("Reshape", [x.name, e.ints(rows, "rows")], allowzero=1)
+    both = e.op("Gemm", [x2d, weights], transB=1)
+    gate, up = e.fresh("gate"), e.fresh("up")
+    e.op("Split", [both, e.ints([f, f], "split")], [gate, up], axis=1)
+    gated = e.op("Mul", [e.op("Mul", [gate, e.op("Sigmoid", [gate])]), up])
+    e.op("Reshape", [gated, e.ints(out.shape, "shape")], out.name, allowzero=1)
+
+
 @lowering("gelu")
 def _gelu(e: Emitter, node: Node) -> None:
     approximate = node.attrs["approximate"]
@@ -371,19 +433,20 @@ def _attention(e: Emitter, node: Node) -> None:
     """
     q, k = node.inputs[0], node.inputs[1]
     t, s = q.shape[1], k.shape[1]
-    heads = node.attrs["num_heads"]
+    a = node.attrs
     # ORT aligns is_causal top-left (the ONNX spec); the IR aligns bottom-right (as torch). They
-    # agree when t == s; otherwise the causal mask goes in as an explicit bias.
-    causal = node.attrs["causal"]
-    bias = attention_bias(e, q, k, _mask(node, 3), causal_bias=causal and t != s)
+    # agree when t == s; otherwise the causal mask goes in as an explicit bias, as do sliding
+    # windows and ALiBi, which the op lacks.
+    is_causal = a["causal"] and t == s and not a["window"]
+    bias = attention_bias(e, node, q, k, _mask(node, 3), causal_bias=not is_causal)
     e.op(
         "Attention",
         [*_names(node.inputs[:3]), *([bias] if bias else [])],
         node.output.name,
-        q_num_heads=heads,
-        kv_num_heads=heads,
-        is_causal=int(causal and t == s),
-        scale=float(node.attrs["scale"]),
+        q_num_heads=a["num_heads"],
+        kv_num_heads=a["num_kv_heads"],
+        is_causal=int(is_causal),
+        scale=float(a["scale"]),
     )
 
 
@@ -393,9 +456,10 @@ def _mask(node: Node, index: int) -> Value | None:
 
 
 def attention_bias(
-    e: Emitter, q: Value, k: Value, mask: Value | None, *, causal_bias: bool
+    e: Emitter, node: Node, q: Value, k: Value, mask: Value | None, *, causal_bias: bool
 ) -> str | None:
-    """The additive mask as a [b|1, h|1, t, s] tensor of q's dtype, with the causal mask when asked.
+    """The additive mask as a [b|1, h|1, t, s] tensor of q's dtype, plus the bias of the node's
+    alibi_slopes and, when asked, of causal and window (cgc.ir.ops.nn.position_bias).
 
     ORT's attention kernels broadcast the batch and head axes of the mask but not the last two.
     They also zero a query whose highest score is the lowest finite float, their own mask
@@ -417,11 +481,15 @@ def attention_bias(
         full = tuple(torch.broadcast_shapes(mask.shape, (1, 1, t, s)))
         if full != mask.shape:
             bias = e.op("Expand", [bias, e.ints(full, "mask_shape")])
-    if causal_bias:
-        keep = torch.ones(t, s, dtype=torch.bool).tril(s - t)
-        masked = torch.zeros(1, 1, t, s, dtype=q.type.torch_dtype).masked_fill(~keep, -torch.inf)
-        causal = e.tensor(masked, "causal_bias")
-        bias = causal if bias is None else e.op("Add", [bias, causal])
+    a = node.attrs
+    causal = a["causal"] and causal_bias
+    fixed = position_bias(
+        t, s, causal=causal, window=a["window"] if causal else 0, alibi_slopes=a["alibi_slopes"],
+        dtype=q.type.torch_dtype,
+    )  # fmt: skip
+    if fixed is not None:
+        fixed = e.tensor(fixed.unsqueeze(0), "causal_bias" if causal else "alibi_bias")
+        bias = fixed if bias is None else e.op("Add", [bias, fixed])
     return bias
 
 
@@ -628,11 +696,34 @@ def _embedding_grad(e: Emitter, node: Node) -> None:
     e.op("ScatterND", [table, index, dy.name], out.name, reduction="add")
 
 
-def _split(e: Emitter, x: Value, heads: int) -> str:
-    """[b, s, heads·d] -> [b, heads, s, d]."""
+def _split(e: Emitter, x: Value, heads: int, repeat: int = 1) -> str:
+    """[b, s, heads·d] -> [b, heads·repeat, s, d], each head `repeat` times (shared keys)."""
     b, s, width = x.shape
-    x4 = e.op("Reshape", [x.name, e.ints([b, s, heads, width // heads], "heads")], allowzero=1)
-    return e.op("Transpose", [x4], perm=[0, 2, 1, 3])
+    d = width // heads
+    x4 = e.op("Reshape", [x.name, e.ints([b, s, heads, d], "heads")], allowzero=1)
+    split = e.op("Transpose", [x4], perm=[0, 2, 1, 3])
+    if repeat == 1:
+        return split
+    grouped = e.op("Reshape", [split, e.ints([b, heads, 1, s, d], "group")], allowzero=1)
+    grouped = e.op("Expand", [grouped, e.ints([b, heads, repeat, s, d], "repeat")])
+    return e.op("Reshape", [grouped, e.ints([b, heads * repeat, s, d], "repeated")], allowzero=1)
+
+
+def _split_kv(e: Emitter, node: Node, x: Value) -> str:
+    """k or v of an attention-family node split into heads, repeated for the query heads."""
+    kv_heads = node.attrs["num_kv_heads"]
+    return _split(e, x, kv_heads, node.attrs["num_heads"] // kv_heads)
+
+
+def _merge_groups(e: Emitter, node: Node, x: str, out: Value) -> None:
+    """A shared key or value head's gradient: summed over the query heads it serves, merged."""
+    heads, kv_heads = node.attrs["num_heads"], node.attrs["num_kv_heads"]
+    if heads != kv_heads:
+        b, s, width = out.shape
+        x = e.op("Reshape", [x, e.ints([b, kv_heads, heads // kv_heads, s, width // kv_heads],
+                                      "groups")], allowzero=1)  # fmt: skip
+        x = e.op("ReduceSum", [x, e.ints([2], "group_axis")], keepdims=0)
+    _merge(e, x, out)
 
 
 def _merge(e: Emitter, x: str, out: Value) -> None:
@@ -645,9 +736,9 @@ def _scores(e: Emitter, node: Node, q: Value, k: Value, mask: Value | None) -> t
     """The per-head scores scale·q·kᵀ + bias, [b, h, t, s], and the split q and k."""
     heads, scale = node.attrs["num_heads"], float(node.attrs["scale"])
     qh = _split(e, q, heads)
-    kh = _split(e, k, heads)
+    kh = _split_kv(e, node, k)
     scores = e.op("FusedMatMul", [qh, kh], domain=MS_DOMAIN, transB=1, alpha=scale)
-    bias = attention_bias(e, q, k, mask, causal_bias=node.attrs["causal"])
+    bias = attention_bias(e, node, q, k, mask, causal_bias=True)
     return (e.op("Add", [scores, bias]) if bias else scores), qh, kh
 
 
@@ -678,7 +769,7 @@ def _attention_lse(e: Emitter, node: Node) -> None:
         inf = e.tensor(torch.tensor(float("inf"), dtype=q.type.torch_dtype), "inf")
         top = e.op("Where", [e.op("IsInf", [top], detect_positive=0), inf, top])
     log_top_weight = e.op("Log", [e.op("ReduceMax", [weights, last], keepdims=1)])
-    _merge(e, e.op("MatMul", [weights, _split(e, v, node.attrs["num_heads"])]), y)
+    _merge(e, e.op("MatMul", [weights, _split_kv(e, node, v)]), y)
     full = e.op("Sub", [top, log_top_weight])
     e.op("Reshape", [full, e.ints(lse.shape, "lse_shape")], lse.name, allowzero=1)
 
@@ -694,14 +785,15 @@ def _attention_grad(e: Emitter, node: Node) -> None:
     top = e.op("Unsqueeze", [lse.name, e.ints([-1], "axes")])
     weights = e.op("Exp", [e.op("Sub", [scores, top])])
     dyh = _split(e, dy, heads)
-    _merge(e, e.op("FusedMatMul", [weights, dyh], domain=MS_DOMAIN, transA=1), dv)
-    dweights = e.op("FusedMatMul", [dyh, _split(e, v, heads)], domain=MS_DOMAIN, transB=1)
+    _merge_groups(e, node, e.op("FusedMatMul", [weights, dyh], domain=MS_DOMAIN, transA=1), dv)
+    dweights = e.op("FusedMatMul", [dyh, _split_kv(e, node, v)], domain=MS_DOMAIN, transB=1)
     rowdot = e.op(
         "ReduceSum", [e.op("Mul", [dyh, _split(e, y, heads)]), e.ints([-1], "axes")], keepdims=1
     )
     dscores = e.op("Mul", [weights, e.op("Sub", [dweights, rowdot])])
     _merge(e, e.op("FusedMatMul", [dscores, kh], domain=MS_DOMAIN, alpha=scale), dq)
-    _merge(e, e.op("FusedMatMul", [dscores, qh], domain=MS_DOMAIN, transA=1, alpha=scale), dk)
+    dk_heads = e.op("FusedMatMul", [dscores, qh], domain=MS_DOMAIN, transA=1, alpha=scale)
+    _merge_groups(e, node, dk_heads, dk)
 
 
 @lowering("layer_norm_grad")
