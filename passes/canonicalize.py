@@ -65,7 +65,8 @@ def _merged_batch(flat: Value) -> tuple[int, ...] | None:
     """
     xs = flat.producer.inputs[0].shape
     for n in range(2, len(xs)):
-        if flat.shape == (prod(xs[:n]), *xs[n:]):
+        # A unit axis after the first is squeezed, not merged (GQA's [b, n, 1, s, d] repeat).
+        if flat.shape == (prod(xs[:n]), *xs[n:]) and all(d > 1 for d in xs[1:n]):
             return xs[:n]
     return None
 

@@ -38,19 +38,19 @@ def _layer_norm(m: Match, g: Graph, *affine: str) -> Value:
     return g.call("layer_norm", m["x"], *(m[p] for p in affine), eps=m.number("eps"))
 
 
-@rewrite(normalized * w + b, where=_fits)
+@rewrite(normalized * w + b, where=_fits, single_use=False)
 def layer_norm_affine(m: Match, g: Graph) -> Value:
     """(x - mean) / √(var + ε) · w + b = layer_norm(x, w, b)"""
     return _layer_norm(m, g, "w", "b")
 
 
-@rewrite(normalized * w, where=_fits)
+@rewrite(normalized * w, where=_fits, single_use=False)
 def layer_norm_scale(m: Match, g: Graph) -> Value:
     """(x - mean) / √(var + ε) · w = layer_norm(x, w)"""
     return _layer_norm(m, g, "w")
 
 
-@rewrite(normalized, where=_fits)
+@rewrite(normalized, where=_fits, single_use=False)
 def layer_norm_plain(m: Match, g: Graph) -> Value:
     """(x - mean) / √(var + ε) = layer_norm(x)"""
     return _layer_norm(m, g)
@@ -66,7 +66,8 @@ class FuseLayerNorm(Pass):
     Accepts the variance as mean(d·d), mean(d**2) or var(x, correction=0), the normalisation as
     d·rsqrt(var+ε), d·reciprocal(sqrt(var+ε)) or d/sqrt(var+ε), then an optional scale w and
     shift b (vectors over the last axis). A layer norm with a shift but no scale stays unfused
-    apart from its normalisation: layer_norm(x) + b.
+    apart from its normalisation: layer_norm(x) + b. Norms of one x that share the
+    normalisation (GPT-NeoX's two parallel ones) each become a `layer_norm`.
     """
 
     name = "fuse-layer-norm"
