@@ -106,9 +106,12 @@ for _op, _overloads in {
 for _op in ("eq", "ne", "lt", "le", "gt", "ge"):
     _converts(getattr(aten, _op).Tensor, getattr(aten, _op).Scalar)(_compare(_op))
 
-_converts(aten.logical_and.default, aten.bitwise_and.Tensor, aten.bitwise_and.Scalar)(
-    _logical("logical_and")
-)
+_converts(
+    aten.logical_and.default,
+    aten.bitwise_and.Tensor,
+    aten.bitwise_and.Scalar,
+    aten.__and__.Tensor,
+)(_logical("logical_and"))
 _converts(aten.logical_or.default, aten.bitwise_or.Tensor, aten.bitwise_or.Scalar)(
     _logical("logical_or")
 )
@@ -188,8 +191,8 @@ def _clamp_max(cx: FxImporter, x: Any, max: Any) -> Value:
     return _clamp(cx, x, max=max)
 
 
-@_converts(aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout)
-def _to_copy(cx: FxImporter, x: Any, *dtype: Any, **layout: Any) -> Value:
+@_converts(aten._to_copy.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout)
+def _to_copy(cx: FxImporter, x: Any, *where: Any, **layout: Any) -> Value:
     """A cast when the dtype changes; device, layout and memory format mean nothing here."""
     return cx.operand(x, cx.out.dtype)
 
@@ -200,6 +203,7 @@ def _to_copy(cx: FxImporter, x: Any, *dtype: Any, **layout: Any) -> Value:
     aten.detach.default,
     aten.contiguous.default,
     aten.lift_fresh_copy.default,
+    aten.detach_.default,
 )
 def _identity(cx: FxImporter, x: Any, **memory_format: Any) -> Value:
     """Copies and aliases: values are immutable in the IR."""
@@ -295,6 +299,11 @@ def _t(cx: FxImporter, x: Any) -> Value:
     return _transpose(cx, value, list(range(value.type.rank))[::-1])
 
 
+@_converts(aten.numpy_T.default)
+def _numpy_t(cx: FxImporter, x: Any) -> Value:
+    return _t(cx, x)
+
+
 @_converts(aten.transpose.int)
 def _transpose_int(cx: FxImporter, x: Any, dim0: int, dim1: int) -> Value:
     value = cx.value(x)
@@ -352,6 +361,14 @@ def _split(cx: FxImporter, x: Any, split_size: int, dim: int = 0) -> tuple:
     return _chunks(cx, x, dim, [min(split_size, total - s) for s in range(0, total, split_size)])
 
 
+@_converts(aten.chunk.default)
+def _chunk(cx: FxImporter, x: Any, chunks: int, dim: int = 0) -> tuple:
+    """torch.chunk: pieces of ceil(size / chunks), the last one smaller, maybe fewer pieces."""
+    total = cx.value(x).shape[dim]
+    size = -(-total // chunks)
+    return _chunks(cx, x, dim, [min(size, total - s) for s in range(0, total, size)])
+
+
 @_converts(aten.unbind.int)
 def _unbind(cx: FxImporter, x: Any, dim: int = 0) -> tuple:
     value = cx.value(x)
@@ -377,6 +394,18 @@ def _repeat_interleave(
     grown = cx.g.call("reshape", value, shape=[*shape[: axis + 1], 1, *shape[axis + 1 :]])
     grown = cx.g.call("expand", grown, shape=[*shape[: axis + 1], repeats, *shape[axis + 1 :]])
     return _reshape_to(cx, grown, cx.out.shape)
+
+
+@_converts(aten.stack.default)
+def _stack(cx: FxImporter, tensors: Sequence[Any], dim: int = 0) -> Value:
+    """Each tensor gains a unit axis at `dim`, then they are concatenated along it."""
+    dtype, rank = cx.out.dtype, cx.out.rank
+    axis = dim % rank
+    values = []
+    for t in tensors:
+        v = cx.operand(t, dtype)
+        values.append(_reshape_to(cx, v, (*v.shape[:axis], 1, *v.shape[axis:])))
+    return values[0] if len(values) == 1 else cx.g.call("concat", *values, axis=axis)
 
 
 @_converts(aten.cat.default)

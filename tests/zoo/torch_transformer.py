@@ -20,7 +20,7 @@ class Config:
     n_decoder: int = 2
     n_head: int = 4
     n_embd: int = 64
-    block_size: int = 64
+    block_size: int = 128
     vocab_size: int = 100
     norm_first: bool = False
     dropout: float = 0.1
