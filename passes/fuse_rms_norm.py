@@ -35,13 +35,13 @@ def _fits(m: Match) -> bool:
     )
 
 
-@rewrite(normalized * w, where=_fits, single_use=False)
+@rewrite(normalized * w, where=_fits)
 def rms_norm_scale(m: Match, g: Graph) -> Value:
     """x / √(mean(x²) + ε) · w = rms_norm(x, w)"""
     return g.call("rms_norm", m["x"], m["w"], eps=m.number("eps"))
 
 
-@rewrite(normalized, where=_fits, single_use=False)
+@rewrite(normalized, where=_fits)
 def rms_norm_plain(m: Match, g: Graph) -> Value:
     """x / √(mean(x²) + ε) = rms_norm(x)"""
     return g.call("rms_norm", m["x"], eps=m.number("eps"))

@@ -208,6 +208,8 @@ _UNARY = {
     "Erf": "erf",
     "Sigmoid": "sigmoid",
     "Relu": "relu",
+    "Cos": "cos",
+    "Sin": "sin",
     "Not": "logical_not",
 }
 _BINARY = {
@@ -403,6 +405,24 @@ def _layer_norm(n: OnnxNode) -> list[Operand]:
         raise n.unsupported("normalisation over more than the last axis")
     params = [n.value(i) for i in (1, 2) if n.has(i)]
     return get_op("layer_norm").decompose(n.g, [x, *params], {"eps": n.attr("epsilon", 1e-5)})
+
+
+@converts("RMSNormalization")
+def _rms_norm(n: OnnxNode) -> list[Operand]:
+    x = n.value(0)
+    if _norm_axis(n.attr("axis", -1), x.type.rank, n) != x.type.rank - 1:
+        raise n.unsupported("normalisation over more than the last axis")
+    attrs = {"eps": n.attr("epsilon", 1e-5)}
+    return get_op("rms_norm").decompose(n.g, [x, n.value(1)], attrs)
+
+
+@converts("CumSum")
+def _cumsum(n: OnnxNode) -> list[Operand]:
+    if n.attr("exclusive", 0) or n.attr("reverse", 0):
+        raise n.unsupported("exclusive or reverse running sums")
+    x = n.value(0)
+    axis = _norm_axis(int(n.required_const(1, "axis")), x.type.rank, n)
+    return [n.call("cumsum", x, axis=axis)]
 
 
 @converts("Gelu")
@@ -614,6 +634,32 @@ def _split(n: OnnxNode) -> list[Operand]:
         _slice_axis(n, x, axis, int(lo), int(hi), 1)
         for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)
     ]
+
+
+@converts("GatherND")
+def _gather_nd(n: OnnxNode) -> list[Operand]:
+    """Elements or slices picked by constant index tuples (Hugging Face's mask builders index
+    the padding mask with aranges): a gather of rows of the data viewed as [rows, rest], or a
+    reshape when every row is picked in order."""
+    if n.attr("batch_dims", 0):
+        raise n.unsupported("batch_dims")
+    indices = n.required_const(1, "indices").astype(np.int64)
+    x = n.value(0)
+    depth = indices.shape[-1]
+    dims = x.shape[:depth]
+    rows = np.zeros(indices.shape[:-1], dtype=np.int64)
+    for axis, size in enumerate(dims):
+        rows = rows * size + indices[..., axis] % size
+    rest = x.shape[depth:]
+    count = math.prod(dims)
+    if rows.size == count and np.array_equal(rows.reshape(-1), np.arange(count)):
+        return [_reshaped(n, x, [*rows.shape, *rest])]
+    table = _reshaped(n, x, [count, math.prod(rest)])
+    ids = n.constant(rows, "rows")
+    gathered = n.call("embedding", table, ids) if x.type.is_float else None
+    if gathered is None:
+        raise n.unsupported(f"gathering {x.type.dtype} elements in another order")
+    return [_reshaped(n, gathered, [*rows.shape, *rest])]
 
 
 @converts("Gather")

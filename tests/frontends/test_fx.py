@@ -495,9 +495,9 @@ def test_wide_meta_model_allocates_no_weights() -> None:
 # -- errors -------------------------------------------------------------------------------------
 
 
-class Cumsum(nn.Module):
+class Cumprod(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cumsum(x, dim=-1)  # cumsum
+        return torch.cumprod(x, dim=-1)  # cumprod
 
 
 class DataDependent(nn.Module):
@@ -510,9 +510,9 @@ class DataDependent(nn.Module):
 def test_unsupported_op_names_op_and_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(HERE)
     with pytest.raises(UnsupportedOpError) as info:
-        trace(Cumsum(), (randn(2, 3),))
+        trace(Cumprod(), (randn(2, 3),))
     assert str(info.value) == (
-        f"unsupported operation aten.cumsum at test_fx.py:{line_of('cumsum')}"
+        f"unsupported operation aten.cumprod at test_fx.py:{line_of('cumprod')}"
         " (in the top-level module)"
     )
 

@@ -15,7 +15,7 @@ CASES: dict[str, tuple[str, str]] = {
     **{
         op: ("%x: f32[2,3]", f"%y = {op}(%x) : f32[2,3]")
         for op in ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal")
-        + ("tanh", "erf", "sigmoid", "relu", "cos", "sin")
+        + ("tanh", "erf", "sigmoid", "relu", "silu", "cos", "sin")
     },
     "cos:f64": ("%x: f64[2,3]", "%y = cos(%x) : f64[2,3]"),
     **{
@@ -48,6 +48,8 @@ CASES: dict[str, tuple[str, str]] = {
         "%x: f32[2,3,4]",
         "%y = var(%x) {axes=[0,2], correction=1, keepdim=true} : f32[1,3,1]",
     ),
+    "cumsum": ("%x: f32[2,3,4]", "%y = cumsum(%x) {axis=1} : f32[2,3,4]"),
+    "cumsum:i64": ("%x: i64[2,5]", "%y = cumsum(%x) {axis=1} : i64[2,5]"),
     "softmax": ("%x: f32[2,3,4]", "%y = softmax(%x) {axis=1} : f32[2,3,4]"),
     "log_softmax": ("%x: f32[2,3,4]", "%y = log_softmax(%x) {axis=-1} : f32[2,3,4]"),
     "matmul": ("%x: f32[2,3,4], %z: f32[4,5]", "%y = matmul(%x, %z) : f32[2,3,5]"),
@@ -123,6 +125,49 @@ CASES: dict[str, tuple[str, str]] = {
     "attention:value_width": (  # d_v (2) differs from d_head (4)
         "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,6]",
         "%y = attention(%q, %k, %v) {causal=true, num_heads=3, scale=0.5} : f32[2,5,6]",
+    ),
+    "attention:gqa": (  # 4 query heads share 2 key-value heads
+        "%q: f32[2,5,16], %k: f32[2,5,8], %v: f32[2,5,8]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=4, num_kv_heads=2, scale=0.5}"
+        " : f32[2,5,16]",
+    ),
+    "attention:mqa_window_mask": (  # one key-value head, each query sees its last 3 keys
+        "%q: f32[2,6,16], %k: f32[2,6,4], %v: f32[2,6,4], %m: f32[2,1,1,6]",
+        "%y = attention(%q, %k, %v, %m) {causal=true, num_heads=4, num_kv_heads=1, scale=0.5,"
+        " window=3} : f32[2,6,16]",
+    ),
+    "attention:alibi": (
+        "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12]",
+        "%y = attention(%q, %k, %v) {alibi_slopes=[0.5, 0.25, 0.125], causal=true,"
+        " num_heads=3, scale=0.5} : f32[2,5,12]",
+    ),
+    "attention:alibi_longer_keys": (
+        "%q: f32[2,3,12], %k: f32[2,7,12], %v: f32[2,7,12]",
+        "%y = attention(%q, %k, %v) {alibi_slopes=[0.5, 0.25, 0.125], causal=false,"
+        " num_heads=3, scale=0.5} : f32[2,3,12]",
+    ),
+    "attention:cross": (  # 3 queries, 7 keys, not causal
+        "%q: f32[2,3,12], %k: f32[2,7,12], %v: f32[2,7,12]",
+        "%y = attention(%q, %k, %v) {causal=false, num_heads=3, scale=0.5} : f32[2,3,12]",
+    ),
+    "rms_norm": (
+        "%x: f32[2,3,8]",
+        "param %w: f32[8]\n%y = rms_norm(%x, %w) {eps=1e-06} : f32[2,3,8]",
+    ),
+    "rms_norm:no_scale": ("%x: f32[2,3,8]", "%y = rms_norm(%x) {eps=1e-05} : f32[2,3,8]"),
+    "rotary_embedding": (  # half rotation of 4 of each head's 8 features, tables per position
+        "%x: f32[2,5,16], %c: f32[5,2], %s: f32[5,2]",
+        "%y = rotary_embedding(%x, %c, %s) {interleaved=false, num_heads=2, rotary_dim=4}"
+        " : f32[2,5,16]",
+    ),
+    "rotary_embedding:interleaved_batch": (  # every head feature, tables per batch row
+        "%x: f32[2,5,16], %c: f32[2,5,4], %s: f32[2,5,4]",
+        "%y = rotary_embedding(%x, %c, %s) {interleaved=true, num_heads=2, rotary_dim=8}"
+        " : f32[2,5,16]",
+    ),
+    "swiglu": (
+        "%x: f32[2,3,8]",
+        "param %wg: f32[6,8]\nparam %wu: f32[6,8]\n%y = swiglu(%x, %wg, %wu) : f32[2,3,6]",
     ),
     "qkv_attention": (  # d_head 10, muP scale 1/d_head
         "%x: f32[2,6,8]",
