@@ -51,39 +51,49 @@ def _rotary_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs) 
     return 3 * x.numel * attrs["rotary_dim"] // (x.shape[-1] // attrs["num_heads"])
 
 
-def _pairs(g, x, rotary_dim: int, interleaved: bool) -> tuple:
-    """The a and b halves of each pair, from the [b, t, heads, d_head] features."""
-    if interleaved:
-        a = g.call("slice", x, axis=3, start=0, end=rotary_dim, step=2)
-        b = g.call("slice", x, axis=3, start=1, end=rotary_dim, step=2)
-    else:
-        half = rotary_dim // 2
-        a = g.call("slice", x, axis=3, start=0, end=half)
-        b = g.call("slice", x, axis=3, start=half, end=rotary_dim)
-    return a, b
+def _full_width(g, table, rotary_dim: int, interleaved: bool):
+    """A [.., seq, rotary_dim/2] table as [.., seq, 1, rotary_dim], each angle once per
+    feature of its pair, broadcasting over the heads."""
+    half = rotary_dim // 2
+    table = g.call("reshape", table, shape=[*table.shape[:-1], 1, half])
+    if not interleaved:
+        return g.call("concat", table, table, axis=-1)
+    pairs = g.call("reshape", table, shape=[*table.shape, 1])
+    pairs = g.call("concat", pairs, pairs, axis=-1)
+    return g.call("reshape", pairs, shape=[*table.shape[:-1], rotary_dim])
+
+
+def _rotated(g, x, rotary_dim: int, interleaved: bool):
+    """rotate_half(x) = concat(-b, a), or rotate_every_two(x) = interleave(-b, a)."""
+    if not interleaved:
+        a = g.call("slice", x, axis=3, start=0, end=rotary_dim // 2)
+        b = g.call("slice", x, axis=3, start=rotary_dim // 2, end=rotary_dim)
+        return g.call("concat", g.call("neg", b), a, axis=-1)
+    a = g.call("slice", x, axis=3, start=0, end=rotary_dim, step=2)
+    b = g.call("slice", x, axis=3, start=1, end=rotary_dim, step=2)
+    pair = [*a.shape, 1]
+    pairs = g.call(
+        "concat", g.call("reshape", g.call("neg", b), shape=pair), g.call("reshape", a, shape=pair),
+        axis=-1,
+    )  # fmt: skip
+    return g.call("reshape", pairs, shape=list(x.shape))
 
 
 def _decompose_rotary(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
+    """x·C + rotate(x)·S on the heads, as Hugging Face models write it (fuse-rotary-embedding
+    matches this form), C and S the tables at full width."""
     x, cos, sin = ins
     heads, rotary_dim, interleaved = attrs["num_heads"], attrs["rotary_dim"], attrs["interleaved"]
     b, t, e = x.shape
     d_head = e // heads
     x4 = g.call("reshape", x, shape=[b, t, heads, d_head])
-    # [.., t, r/2] tables broadcast over the head axis
-    c, s = (
-        g.call("reshape", tab, shape=[*tab.shape[:-1], 1, rotary_dim // 2]) for tab in (cos, sin)
+    part = x4 if rotary_dim == d_head else g.call("slice", x4, axis=3, start=0, end=rotary_dim)
+    c, s = (_full_width(g, tab, rotary_dim, interleaved) for tab in (cos, sin))
+    rotated = g.call(
+        "add",
+        g.call("mul", part, c),
+        g.call("mul", _rotated(g, part, rotary_dim, interleaved), s),
     )
-    a, bb = _pairs(g, x4, rotary_dim, interleaved)
-    a2 = g.call("sub", g.call("mul", a, c), g.call("mul", bb, s))
-    b2 = g.call("add", g.call("mul", bb, c), g.call("mul", a, s))
-    if interleaved:
-        pair = [b, t, heads, rotary_dim // 2, 1]
-        rotated = g.call(
-            "concat", g.call("reshape", a2, shape=pair), g.call("reshape", b2, shape=pair), axis=-1
-        )
-        rotated = g.call("reshape", rotated, shape=[b, t, heads, rotary_dim])
-    else:
-        rotated = g.call("concat", a2, b2, axis=-1)
     if rotary_dim < d_head:
         rest = g.call("slice", x4, axis=3, start=rotary_dim, end=d_head)
         rotated = g.call("concat", rotated, rest, axis=-1)
