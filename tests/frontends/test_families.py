@@ -57,12 +57,12 @@ EXPECTED: dict[str, Expected] = {
     "mistral": Expected(LLAMA, kv_heads=2, windows=(8, 8)),
     "qwen2": Expected(LLAMA, kv_heads=2),
     "phi": Expected({**ROTARY_PARALLEL, "linear": 13}),
-    "encoder_gpt_pre_gelu": Expected({**ENCODER_GPT, "gelu": 2}),
-    "encoder_gpt_post_relu": Expected({**ENCODER_GPT, "relu": 2}),
-    "encoder_gpt_seq_first": Expected({**ENCODER_GPT, "relu": 2}),
+    "encoder_gpt_pre_gelu": Expected({**ENCODER_GPT, "gelu": 2}, cerebras=True),
+    "encoder_gpt_post_relu": Expected({**ENCODER_GPT, "relu": 2}, cerebras=True),
+    "encoder_gpt_seq_first": Expected({**ENCODER_GPT, "relu": 2}, cerebras=True),
     # 2 encoder self-attentions, and per decoder layer a causal self- and a cross-attention
     "nn_transformer": Expected(
-        {"attention": 6, "layer_norm": 12, "relu": 4, "linear": 23}, windows=(0,) * 6
+        {"attention": 6, "layer_norm": 12, "relu": 4, "linear": 23}, windows=(0,) * 6, cerebras=True
     ),
 }
 
