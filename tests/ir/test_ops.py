@@ -129,3 +129,118 @@ def test_interpreter_hook_sees_every_node() -> None:
     assert [op for op, _ in seen] == ["exp", "neg"]
     torch.testing.assert_close(seen[0][1], torch.ones(3))
     torch.testing.assert_close(out, -torch.ones(3))
+
+
+# -- the decoder families' ops: semantics against torch and Hugging Face, and gradients ----------
+
+VJP_CASES = {
+    "cos": ("%x: f32[2,5,8]", "%y = cos(%x) : f32[2,5,8]"),
+    "sin": ("%x: f32[2,5,8]", "%y = sin(%x) : f32[2,5,8]"),
+    "silu": ("%x: f32[2,5,8]", "%y = silu(%x) : f32[2,5,8]"),
+    "cumsum": ("%x: f32[2,5,8]", "%y = cumsum(%x) {axis=1} : f32[2,5,8]"),
+    "rms_norm": ("%x: f32[2,5,8], %w: f32[8]", "%y = rms_norm(%x, %w) {eps=1e-06} : f32[2,5,8]"),
+    "rms_norm:plain": ("%x: f32[2,5,8]", "%y = rms_norm(%x) {eps=0.01} : f32[2,5,8]"),
+    "rotary_embedding": (
+        "%x: f32[2,5,8], %c: f32[5,1], %s: f32[5,1]",
+        "%y = rotary_embedding(%x, %c, %s) {interleaved=true, num_heads=2, rotary_dim=2}"
+        " : f32[2,5,8]",
+    ),
+    "swiglu": (
+        "%x: f32[2,5,8], %wg: f32[6,8], %wu: f32[6,8]",
+        "%y = swiglu(%x, %wg, %wu) : f32[2,5,6]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VJP_CASES))
+def test_vjp_matches_autograd(case: str) -> None:
+    """Each rule's cotangents, built as IR and interpreted, equal torch autograd's through the
+    op's reference implementation (the tables of rotary_embedding take none)."""
+    signature, body = VJP_CASES[case]
+    g = parse(f"graph @g({signature}) {{\n  {body}\n  return %y\n}}\n")
+    (node,) = g.nodes
+    dy = g.add_input("dy", node.output.type)
+    with g.inserting_before(None):
+        grads = get_op(node.op).vjp(g, node, [dy])
+    g.outputs = [v for v in grads if v is not None]
+    verify(g)
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(v.shape, generator=gen) for v in g.inputs]
+    operands = inputs[: len(grads)]
+    wanted = [x.clone().requires_grad_(d is not None) for x, d in zip(operands, grads, strict=True)]
+    out = get_op(node.op).impl(*wanted, **node.attrs)
+    expected = torch.autograd.grad(out, [x for x in wanted if x.requires_grad], inputs[-1])
+    got = interpret(g, *inputs)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_query_attention_is_torch_sdpa_with_enable_gqa() -> None:
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 5, 32, generator=gen), *torch.randn(2, 2, 7, 8, generator=gen)
+    out = get_op("attention").impl(
+        q, k, v, num_heads=4, num_kv_heads=1, causal=True, scale=0.3, window=0, alibi_slopes=[]
+    )
+    heads = q.reshape(2, 5, 4, 8).transpose(1, 2)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        heads,
+        k.reshape(2, 7, 1, 8).transpose(1, 2),
+        v.reshape(2, 7, 1, 8).transpose(1, 2),
+        attn_mask=torch.ones(5, 7, dtype=torch.bool).tril(2),
+        scale=0.3,
+        enable_gqa=True,
+    )
+    torch.testing.assert_close(out, want.transpose(1, 2).reshape(2, 5, 32))
+
+
+def test_attention_bias_windows_and_alibi() -> None:
+    from cgc.ir.ops.nn import attention_bias
+
+    bias = attention_bias(3, 5, causal=True, window=2, alibi_slopes=[0.5])
+    inf = float("-inf")
+    # queries are positions 2, 3, 4 of 5; each sees itself and the key before it
+    assert bias.tolist() == [
+        [[inf, -0.5, 0.0, inf, inf], [inf, inf, -0.5, 0.0, inf], [inf, inf, inf, -0.5, 0.0]]
+    ]
+
+
+def test_rotary_embedding_is_hugging_face_rope() -> None:
+    from transformers.models.gptj.modeling_gptj import apply_rotary_pos_emb as gptj_rope
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as llama_rope
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 16, generator=gen)
+    angles = torch.randn(5, 4, generator=gen)
+    cos, sin = angles.cos(), angles.sin()
+    rope = get_op("rotary_embedding").impl
+    half = rope(x, cos, sin, num_heads=2, rotary_dim=8, interleaved=False)
+    heads = x.reshape(2, 5, 2, 8).transpose(1, 2)
+    want, _ = llama_rope(
+        heads, heads, torch.cat([cos, cos], -1)[None], torch.cat([sin, sin], -1)[None]
+    )
+    torch.testing.assert_close(half, want.transpose(1, 2).reshape(2, 5, 16))
+    pairs = rope(x, cos[:, :2], sin[:, :2], num_heads=2, rotary_dim=4, interleaved=True)
+    split = x.reshape(2, 5, 2, 8)
+    rotated = gptj_rope(split[..., :4], sin[None, :, :2], cos[None, :, :2])
+    want = torch.cat([rotated, split[..., 4:]], -1).reshape(2, 5, 16)
+    torch.testing.assert_close(pairs, want)
+
+
+def test_elided_attributes_print_only_when_set() -> None:
+    text = (
+        "graph @g(%q: f32[1,4,8], %k: f32[1,4,4]) {\n"
+        "  %a = attention(%q, %q, %q) {causal=true, num_heads=2, scale=0.5} : f32[1,4,8]\n"
+        "  %b = attention(%q, %k, %k) {causal=true, num_heads=2, num_kv_heads=1, scale=0.5,"
+        " window=2} : f32[1,4,8]\n"
+        "  return %a, %b\n}\n"
+    )
+    g = parse(text)
+    assert str(g) == text
+    assert g.nodes[0].attrs == {
+        "num_heads": 2,
+        "causal": True,
+        "scale": 0.5,
+        "num_kv_heads": 2,  # the default: as many as the query heads
+        "window": 0,
+        "alibi_slopes": [],
+    }

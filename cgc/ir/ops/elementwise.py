@@ -74,6 +74,12 @@ def _one_minus_square(g, y):
     return g.call("sub", scalar(g, 1.0, y), g.call("mul", y, y))
 
 
+def _silu_slope(g, x):
+    """d (x·σ(x)) / dx = σ(x)·(1 + x·(1 - σ(x)))"""
+    s, one = g.call("sigmoid", x), scalar(g, 1.0, x)
+    return g.call("mul", s, g.call("add", one, g.call("mul", x, g.call("sub", one, s))))
+
+
 _UNARY_DERIVATIVES = {
     "neg": lambda g, x, y, dy: g.call("neg", dy),
     "abs": _sign_times,
@@ -97,6 +103,9 @@ _UNARY_DERIVATIVES = {
     "relu": lambda g, x, y, dy: zeros_where(
         g, g.call("gt", y, scalar(g, 0.0, y)), dy, keep_if=True
     ),
+    "cos": lambda g, x, y, dy: g.call("neg", g.call("mul", dy, g.call("sin", x))),
+    "sin": lambda g, x, y, dy: g.call("mul", dy, g.call("cos", x)),
+    "silu": lambda g, x, y, dy: g.call("mul", dy, _silu_slope(g, x)),
 }
 
 _UNARY = {

@@ -126,7 +126,25 @@ def _infer_cumsum(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[T
     return [ins[0]]
 
 
-@register("cumsum", arity=1, attrs={"axis": REQUIRED}, infer=_infer_cumsum, flops=_input_flops)
+def _cumsum_vjp(g, node, cotangents: Sequence) -> list:
+    """Each input adds to its own and every later sum: dx = Σ dy from x's position on, which
+    is Σ dy - cumsum(dy) + dy."""
+    (dy,) = cotangents
+    if dy is None:
+        return [None]
+    axis = node.attrs["axis"]
+    total = g.call("reduce_sum", dy, axes=[axis], keepdim=True)
+    return [g.call("add", g.call("sub", total, g.call("cumsum", dy, axis=axis)), dy)]
+
+
+@register(
+    "cumsum",
+    arity=1,
+    attrs={"axis": REQUIRED},
+    infer=_infer_cumsum,
+    flops=_input_flops,
+    vjp=_cumsum_vjp,
+)
 def cumsum(x: torch.Tensor, *, axis: int) -> torch.Tensor:
     """Running sum along `axis` (position ids and ALiBi offsets from a padding mask)."""
     return torch.cumsum(x, dim=axis)

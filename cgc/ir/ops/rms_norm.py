@@ -35,6 +35,25 @@ def _decompose_rms_norm(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
     return [g.call("mul", y, ins[1]) if len(ins) == 2 else y]
 
 
+def _rms_norm_vjp(g, node, cotangents: Sequence) -> list:
+    """With r = rsqrt(mean(x²) + ε) and n = x·r: dx = r·(dn - n·mean(dn·n)), dn = dy·w, and
+    dw = Σ dy·n over every axis but the last."""
+    (dy,) = cotangents
+    if dy is None:
+        return [None] * len(node.inputs)
+    x = node.inputs[0]
+    mean_square = g.call("reduce_mean", g.call("mul", x, x), axes=[-1], keepdim=True)
+    r = g.call("rsqrt", g.call("add", mean_square, g.constant(node.attrs["eps"], x.dtype)))
+    n = g.call("mul", x, r)
+    dn = g.call("mul", dy, node.inputs[1]) if len(node.inputs) == 2 else dy
+    along = g.call("reduce_mean", g.call("mul", dn, n), axes=[-1], keepdim=True)
+    dx = g.call("mul", r, g.call("sub", dn, g.call("mul", n, along)))
+    if len(node.inputs) == 1:
+        return [dx]
+    leading = list(range(x.type.rank - 1))
+    return [dx, g.call("reduce_sum", g.call("mul", dy, n), axes=leading, keepdim=False)]
+
+
 @register(
     "rms_norm",
     arity=(1, 2),
@@ -43,6 +62,7 @@ def _decompose_rms_norm(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
     flops=_rms_norm_flops,
     decompose=_decompose_rms_norm,
     category="fused",
+    vjp=_rms_norm_vjp,
 )
 def rms_norm(x: torch.Tensor, w: torch.Tensor | None = None, *, eps: float) -> torch.Tensor:
     """x / √(mean(x²) + ε) over the last axis, times the scale w: no centring, no shift."""

@@ -100,6 +100,16 @@ def _decompose_rotary(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
     return [g.call("reshape", rotated, shape=[b, t, e])]
 
 
+def _rotary_vjp(g, node, cotangents: Sequence) -> list:
+    """A rotation's transpose turns back: dx = rotary_embedding(dy, cos, -sin). The tables are
+    positions' angles, constants: no gradient."""
+    (dy,) = cotangents
+    if dy is None:
+        return [None, None, None]
+    _, cos, sin = node.inputs
+    return [g.call("rotary_embedding", dy, cos, g.call("neg", sin), **node.attrs), None, None]
+
+
 @register(
     "rotary_embedding",
     arity=3,
@@ -108,6 +118,7 @@ def _decompose_rotary(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
     flops=_rotary_flops,
     decompose=_decompose_rotary,
     category="fused",
+    vjp=_rotary_vjp,
 )
 def rotary_embedding(
     x: torch.Tensor,

@@ -43,6 +43,36 @@ def _decompose_swiglu(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
     return [g.call("mul", g.call("silu", project(w_gate)), project(w_up))]
 
 
+def _swiglu_vjp(g, node, cotangents: Sequence) -> list:
+    """With gate = x·w_gateᵀ, s = sigmoid(gate), up = x·w_upᵀ: d_up = dy·silu(gate),
+    d_gate = dy·up·s·(1 + gate·(1 - s)); dx = d_gate·w_gate + d_up·w_up and each weight's
+    gradient is its product's cotangent, transposed, times x (over all rows)."""
+    (dy,) = cotangents
+    if dy is None:
+        return [None, None, None]
+    x, w_gate, w_up = node.inputs
+
+    def project(w):
+        return g.call("matmul", x, g.call("transpose", w, perm=[1, 0]))
+
+    gate, up = project(w_gate), project(w_up)
+    s = g.call("sigmoid", gate)
+    one = g.constant(1.0, x.dtype)
+    d_up = g.call("mul", dy, g.call("mul", gate, s))
+    slope = g.call("mul", s, g.call("add", one, g.call("mul", gate, g.call("sub", one, s))))
+    d_gate = g.call("mul", g.call("mul", dy, up), slope)
+    dx = g.call("add", g.call("matmul", d_gate, w_gate), g.call("matmul", d_up, w_up))
+    rows = [x.type.numel // x.shape[-1], x.shape[-1]]
+
+    def weight_grad(d):
+        flat = g.call("reshape", d, shape=[rows[0], d.shape[-1]])
+        return g.call(
+            "matmul", g.call("transpose", flat, perm=[1, 0]), g.call("reshape", x, shape=rows)
+        )
+
+    return [dx, weight_grad(d_gate), weight_grad(d_up)]
+
+
 @register(
     "swiglu",
     arity=3,
@@ -50,6 +80,7 @@ def _decompose_swiglu(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
     flops=_swiglu_flops,
     decompose=_decompose_swiglu,
     category="fused",
+    vjp=_swiglu_vjp,
 )
 def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
     """silu(x·w_gateᵀ) · (x·w_upᵀ), the weights stored [f, in] as in torch."""
