@@ -103,10 +103,20 @@ def _heads(x: Var, site: str) -> Pattern:
 
 q, k, v = Var("q"), Var("k"), Var("v")
 q_heads = _scaled(_own_heads(q, "q"), "q_heads")
+# shared heads transposed while repeated (torch.onnx's decomposition of SDPA)
+k_repeated_t = Op.reshape(
+    Op.transpose(
+        Op.expand(Op.reshape(_own_heads(k, "k"), name="k_unsqueezed"), name="k_expanded"),
+        perm=_swaps_last_two,
+        name="k_transposed",
+    ),
+    name="k_repeated",
+)
 k_heads_t = _scaled(
     Alt(
         Op.transpose(_split(k, "k"), perm=[0, 2, 3, 1]),
         Op.transpose(_scaled(_heads(k, "k"), "k_heads"), perm=_swaps_last_two),
+        k_repeated_t,
         Var("k_ht", where=_is_heads),  # [b, n, d, s], transposed elsewhere
     ),
     "k_t",
@@ -135,10 +145,11 @@ def _repeat_fits(m: Match, site: str) -> bool:
         return True
     b, n, s, d = _own_shape(m, site)
     r = m[f"{site}_expanded"].shape[2]
+    last = (d, s) if f"{site}_transposed" in m else (s, d)
     return (
         m[f"{site}_unsqueezed"].shape == (b, n, 1, s, d)
         and m[f"{site}_expanded"].shape == (b, n, r, s, d)
-        and m[f"{site}_repeated"].shape == (b, n * r, s, d)
+        and m[f"{site}_repeated"].shape == (b, n * r, *last)
     )
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnxruntime as ort
 import pytest
 import torch
 from zoo import families
 
+import cgc
 from cgc.driver import compile_graph, run_passes, trace
 from cgc.ir import interpret
 
@@ -120,4 +122,33 @@ def test_bloom_without_a_mask_takes_its_alibi_slopes() -> None:
     with torch.no_grad():
         want = model(ids, None)
     (got,) = compile_graph(graph, "onnxruntime").run(ids)
+    assert (got - want).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "gptj"])
+def test_onnx_exports_fuse_like_the_traced_models(name: str, tmp_path) -> None:
+    """torch.onnx.export's (dynamo) file of a family reaches the traced graph's fused ops, and
+    runs as ONNX Runtime runs the file.
+
+    Llama with grouped-query attention (half-rotation RoPE, RMSNorm, SwiGLU) and GPT-J
+    (interleaved partial RoPE, a parallel block) stand for the rest; bench/families.py prints
+    every family. The exporter turns the padding mask into a 0 / finfo.min one, so a fully
+    padded query attends evenly to every key in the file, not to none as in eager: the file
+    is the reference here (as in `cgc check`).
+    """
+    model, inputs = families.build(name, 16)
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, inputs, str(path), dynamo=True, external_data=True, verbose=False)
+    graph = run_passes(cgc.load_onnx(path), "default")
+    expected = EXPECTED[name]
+    counts = graph.op_counts()
+    assert {op: counts.get(op, 0) for op in expected.counts} == expected.counts, counts
+    assert not LEFTOVERS & set(counts), counts
+    attentions = [n.attrs for n in graph.nodes if n.op == "attention"]
+    assert [a["num_kv_heads"] for a in attentions] == [expected.kv_heads] * len(attentions)
+    assert sorted(a["window"] for a in attentions) == sorted(expected.windows)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)}
+    want = torch.as_tensor(session.run(None, feeds)[0])
+    (got,) = compile_graph(graph, "onnxruntime").run(*inputs)
     assert (got - want).abs().max().item() <= 1e-4
