@@ -123,10 +123,22 @@ def left_padded(seq: int) -> torch.Tensor:
     return mask
 
 
+def _noisy_vectors(model: nn.Module) -> nn.Module:
+    """Seeded noise on every vector parameter (norm scales and shifts, biases), so no two are
+    equal: models fresh from their config have norms of ones and zeros, which would test less
+    and which torch.onnx.export stores once for all layers."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn(p.shape, generator=generator) * 0.1)
+    return model.eval()
+
+
 def hf_model(name: str) -> nn.Module:
     """The seeded transformers model of a family, in eval mode."""
     torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(HF_CONFIGS[name]()).eval()
+    return _noisy_vectors(transformers.AutoModelForCausalLM.from_config(HF_CONFIGS[name]()))
 
 
 def build(name: str, seq: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
@@ -136,10 +148,10 @@ def build(name: str, seq: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
     options = TORCH_MODELS[name]
     if options is None:  # source 8 tokens longer than the target: cross-attention t != s
-        model = torch_transformer.Seq2Seq(torch_transformer.Config()).eval()
+        model = _noisy_vectors(torch_transformer.Seq2Seq(torch_transformer.Config()))
         return model, (ids(seq + 8, seed=2), ids(seq))
     norm_first, activation, batch_first = options
     config = torch_encoder_gpt.Config(
         norm_first=norm_first, activation=activation, batch_first=batch_first
     )
-    return torch_encoder_gpt.EncoderGPT(config).eval(), (ids(seq),)
+    return _noisy_vectors(torch_encoder_gpt.EncoderGPT(config)), (ids(seq),)
