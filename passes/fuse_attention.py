@@ -30,7 +30,7 @@ import math
 import torch
 
 from cgc.ir import Graph, Node, Value
-from cgc.ir.ops.nn import attention_bias
+from cgc.ir.ops.nn import causal_keep
 from cgc.passes.constants import constant_data
 from cgc.passes.manager import Pass, PassContext, PassResult
 from cgc.passes.pattern import (
@@ -250,14 +250,13 @@ class _Masks:
         first = keep[0, 0]
         if not bool((keep == first).all()):
             return None
-        full = attention_bias(self.t, self.s, causal=True, window=0, alibi_slopes=[])[0] == 0
+        full = causal_keep(self.t, self.s)
         if torch.equal(first, full):
             return 0
         window = int(first[-1].sum())
         if not 0 < window < self.s:
             return None
-        bias = attention_bias(self.t, self.s, causal=True, window=window, alibi_slopes=[])
-        return window if torch.equal(first, bias[0] == 0) else None
+        return window if torch.equal(first, causal_keep(self.t, self.s, window)) else None
 
     def _add_causal(self, window: int) -> None:
         windows = [w for w in (self.window, window) if w]

@@ -170,8 +170,6 @@ _DIRECT = {
     "sin": "Sin",
     "sigmoid": "Sigmoid",
     "relu": "Relu",
-    "cos": "Cos",
-    "sin": "Sin",
     "add": "Add",
     "sub": "Sub",
     "mul": "Mul",

@@ -103,8 +103,6 @@ _UNARY_DERIVATIVES = {
     "relu": lambda g, x, y, dy: zeros_where(
         g, g.call("gt", y, scalar(g, 0.0, y)), dy, keep_if=True
     ),
-    "cos": lambda g, x, y, dy: g.call("neg", g.call("mul", dy, g.call("sin", x))),
-    "sin": lambda g, x, y, dy: g.call("mul", dy, g.call("cos", x)),
     "silu": lambda g, x, y, dy: g.call("mul", dy, _silu_slope(g, x)),
 }
 

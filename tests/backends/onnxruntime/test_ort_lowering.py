@@ -280,6 +280,21 @@ CASES: dict[str, tuple[str, str]] = {
         "%y, %y1, %y2 = attention_grad(%d, %q, %k, %v, %o, %l)"
         " {causal=true, num_heads=3, scale=0.5} : f32[1,5,12], f32[1,3,12], f32[1,3,12]",
     ),
+    "attention_lse:gqa_window_alibi": (  # 4 query heads share 2 key-value heads
+        "%q: f32[1,6,16], %k: f32[1,6,8], %v: f32[1,6,8]",
+        "%y, %l = attention_lse(%q, %k, %v) {alibi_slopes=[0.5, 0.25, 0.125, 0.0625],"
+        " causal=true, num_heads=4, num_kv_heads=2, scale=0.5, window=3}"
+        " : f32[1,6,16], f32[1,4,6]",
+    ),
+    "attention_grad:gqa_window_alibi": (  # shared heads' gradients sum over their groups
+        "%d: f32[1,6,16], %q: f32[1,6,16], %k: f32[1,6,8], %v: f32[1,6,8]",
+        "%o, %l = attention_lse(%q, %k, %v) {alibi_slopes=[0.5, 0.25, 0.125, 0.0625],"
+        " causal=true, num_heads=4, num_kv_heads=2, scale=0.5, window=3}"
+        " : f32[1,6,16], f32[1,4,6]\n"
+        "%y, %y1, %y2 = attention_grad(%d, %q, %k, %v, %o, %l) {alibi_slopes=[0.5, 0.25,"
+        " 0.125, 0.0625], causal=true, num_heads=4, num_kv_heads=2, scale=0.5, window=3}"
+        " : f32[1,6,16], f32[1,6,8], f32[1,6,8]",
+    ),
     "layer_norm_grad": (
         "%d: f32[2,3,8], %x: f32[2,3,8]",
         "param %w: f32[8]\n%y, %y1, %y2 = layer_norm_grad(%d, %x, %w) {eps=1e-05}"
