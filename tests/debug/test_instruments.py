@@ -92,8 +92,9 @@ def test_after_change_skips_passes_that_change_nothing(tiny, tmp_path, cgc) -> N
         "fuse-linear  (changed; nodes 48 -> 31; 9 rewrites)\n  (S) 1 linear\n  (S) 8 linear-bias\n"
     ) in stats
     assert "canonicalize  (changed; nodes 31 -> 31; 0 rewrites)\n  (S) 1 dead-param\n" in stats
-    # the passes that change nothing in the first run, then every pass of the second
-    assert stats.count("(unchanged; nodes 31 -> 31; 0 rewrites)") == len(UNCHANGED) + len(DEFAULT)
+    # fuse-swiglu and fuse-cross-entropy of the first run (the others unchanged there run on
+    # more nodes), then every pass of the second
+    assert stats.count("(unchanged; nodes 31 -> 31; 0 rewrites)") == 2 + len(DEFAULT)
 
 
 def test_print_ir_before_and_after_named_passes(tiny, tmp_path, cgc) -> None:
