@@ -815,6 +815,54 @@ def _repeat_heads(cx: FxImporter, x: Value, heads: int) -> Value:
     return cx.g.call("reshape", x, shape=[*batch, heads, seq, width])
 
 
+@_converts(aten._native_multi_head_attention.default)
+def _native_multi_head_attention(
+    cx: FxImporter,
+    query: Any,
+    key: Any,
+    value: Any,
+    embed_dim: int,
+    num_head: int,
+    qkv_weight: Any,
+    qkv_bias: Any,
+    proj_weight: Any,
+    proj_bias: Any,
+    mask: Any = None,
+    need_weights: bool = True,
+    average_attn_weights: bool = True,
+    mask_type: int | None = None,
+) -> tuple:
+    """nn.MultiheadAttention's fused fast path (batch first): the packed input projection,
+    attention and the output projection; a bool mask is True where a key is masked, [t, s]
+    (mask_type 0), [b, s] key padding (1) or [b, h, t, s]. Only the output is importable."""
+
+    def output() -> Value:
+        g, dtype = cx.g, cx.out.dtype
+        w, b = cx.operand(qkv_weight, dtype), cx.operand(qkv_bias, dtype)
+        projected = []
+        for i, x in enumerate((query, key, value)):
+            part = (i * embed_dim, (i + 1) * embed_dim)
+            w_i = _slice_axis(cx, w, 0, *part)
+            b_i = _slice_axis(cx, b, 0, *part)
+            y = g.call("matmul", cx.operand(x, dtype), _transpose(cx, w_i, [1, 0]))
+            projected.append(g.call("add", y, b_i))
+        operands = list(projected)
+        if mask is not None:
+            masked = cx.value(mask)
+            if masked.dtype == "bool":
+                if mask_type == 1:  # key padding [b, s]
+                    masked = _reshape_to(cx, masked, (masked.shape[0], 1, 1, masked.shape[1]))
+                inf, zero = cx.scalar(float("-inf"), dtype), cx.scalar(0.0, dtype)
+                masked = g.call("where", masked, inf, zero)
+            operands.append(masked)
+        attrs = {"num_heads": num_head, "scale": 1.0 / math.sqrt(embed_dim // num_head)}
+        attended = _decomposed(cx, "attention", operands, **attrs)
+        out = g.call("matmul", attended, _transpose(cx, cx.operand(proj_weight, dtype), [1, 0]))
+        return g.call("add", out, cx.operand(proj_bias, dtype))
+
+    return output, None
+
+
 @_converts(aten.scaled_dot_product_attention.default)
 def _sdpa(
     cx: FxImporter,
