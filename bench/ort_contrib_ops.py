@@ -7,7 +7,8 @@ round, under the same session options (ORT_ENABLE_ALL, --threads intra-op thread
 the table gives medians and the ratio to the standard op. Batch 1, width 768, 12 query heads,
 4 key-value heads of 64, SwiGLU width 2048 (bench/ort_latency.py's Llama shape).
 
-    python bench/ort_contrib_ops.py [--seq-lens 128,512] [--rounds 50] [--threads 2]
+    python bench/ort_contrib_ops.py [--seq-lens 128,512] [--ops attention,swiglu] [--rounds 50]
+                                    [--threads 2]
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ def measure(cases: dict[str, Case], rounds: int, threads: int) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-lens", default="128,512", help="comma-separated [128,512]")
+    parser.add_argument("--ops", default=",".join(GROUPS), help=f"[{','.join(GROUPS)}]")
     parser.add_argument("--rounds", type=int, default=50, help="timed rounds [50]")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads [2]")
     args = parser.parse_args()
@@ -207,7 +209,8 @@ def main() -> None:
     )
     print(f"{'op':<18}{'seq':>5}  {'kernel':<44}{'ms':>9}{'ratio':>8}")
     rng = np.random.default_rng(0)
-    for group, make in GROUPS.items():
+    for group in args.ops.split(","):
+        make = GROUPS[group]
         for seq in (int(s) for s in args.seq_lens.split(",")):
             medians = measure(make(seq, rng), args.rounds, args.threads)
             base = next(iter(medians.values()))

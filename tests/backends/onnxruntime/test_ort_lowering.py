@@ -136,6 +136,20 @@ CASES: dict[str, tuple[str, str]] = {
         "%y = attention(%q, %k, %v, %m) {causal=true, num_heads=4, num_kv_heads=1, scale=0.5,"
         " window=3} : f32[2,6,16]",
     ),
+    "attention:long_causal_gqa": (  # GroupQueryAttention from GQA_FROM queries on
+        "%q: f32[1,520,32], %k: f32[1,520,16], %v: f32[1,520,16]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=4, num_kv_heads=2, scale=0.5}"
+        " : f32[1,520,32]",
+    ),
+    "attention:long_window": (
+        "%q: f32[2,520,16], %k: f32[2,520,16], %v: f32[2,520,16]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=2, scale=0.5, window=100}"
+        " : f32[2,520,16]",
+    ),
+    "attention:long_causal_head_4": (  # a head size GroupQueryAttention refuses
+        "%q: f32[1,520,8], %k: f32[1,520,8], %v: f32[1,520,8]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=2, scale=0.5} : f32[1,520,8]",
+    ),
     "attention:alibi": (
         "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12]",
         "%y = attention(%q, %k, %v) {alibi_slopes=[0.5, 0.25, 0.125], causal=true,"
@@ -569,3 +583,16 @@ def test_cross_entropy_over_no_counted_target_is_nan_and_its_gradient_zero(run_o
     (loss,) = run_ort(_graph("cross_entropy"), x, t)
     (grad,) = run_ort(_graph("cross_entropy_grad"), x, t, d)
     assert loss.isnan() and torch.equal(grad, torch.zeros(6, 7))
+
+
+@pytest.mark.parametrize(
+    ("case", "op_type"),
+    [
+        ("attention:gqa", "Attention"),
+        ("attention:long_causal_gqa", "GroupQueryAttention"),
+        ("attention:long_window", "GroupQueryAttention"),
+        ("attention:long_causal_head_4", "Attention"),
+    ],
+)
+def test_long_causal_self_attention_runs_as_group_query_attention(case, op_type) -> None:
+    assert _op_types(_graph(case)) == [op_type]
