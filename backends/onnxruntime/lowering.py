@@ -884,19 +884,21 @@ def _gelu_grad(e: Emitter, node: Node) -> None:
 def _cached_attention(e: Emitter, node: Node) -> None:
     """com.microsoft.GroupQueryAttention with its past and present caches sharing one buffer.
 
-    The IR cache layout, [B, H, C, D] with sequence b's tokens in slots 0 ... past[b] + T - 1,
-    is GroupQueryAttention's BNSH cache. When the caller binds one OrtValue as both a cache
-    input and the matching output (IO binding), the kernel writes the new keys and values into
-    it in place and attends to the first past[b] + T slots: no copy of the cache per step. Its
-    seqlens_k is the index of each sequence's last token (past + T - 1, int32) and
-    total_sequence_length the longest such length. ONNX Attention-23 and MultiHeadAttention
-    instead return a present cache grown by T, a copy of the whole cache every step.
-    ORT's CPU kernel takes T > 1 new tokens only from an empty cache (prefill) or for batch 1,
-    and head sizes that are multiples of 8; other head sizes take _cached_attention_scatter.
+    The IR cache layout, [B, G, C, D] with sequence b's tokens in slots 0 ... past[b] + T - 1,
+    is GroupQueryAttention's BNSH cache (kv_num_heads G). When the caller binds one OrtValue as
+    both a cache input and the matching output (IO binding), the kernel writes the new keys and
+    values into it in place and attends to the first past[b] + T slots: no copy of the cache per
+    step. Its seqlens_k is the index of each sequence's last token (past + T - 1, int32) and
+    total_sequence_length the longest such length; its local_window_size is the IR's window.
+    ONNX Attention-23 and MultiHeadAttention instead return a present cache grown by T, a copy
+    of the whole cache every step. ORT's CPU kernel takes T > 1 new tokens only from an empty
+    cache (prefill) or for batch 1, head sizes that are multiples of 8, and no ALiBi; the rest
+    take _cached_attention_scatter.
     """
     q, k, v, k_cache, v_cache, past = node.inputs
     t = q.shape[1]
-    if k_cache.shape[-1] % 8:
+    a = node.attrs
+    if k_cache.shape[-1] % 8 or a["alibi_slopes"]:
         _cached_attention_scatter(e, node)
         return
     last = e.op("Add", [past.name, e.ints([t - 1], "last")])
@@ -908,9 +910,10 @@ def _cached_attention(e: Emitter, node: Node) -> None:
         [q.name, k.name, v.name, k_cache.name, v_cache.name, seqlens, total],
         _names(node.outputs),
         domain=MS_DOMAIN,
-        num_heads=node.attrs["num_heads"],
-        kv_num_heads=node.attrs["num_heads"],
-        scale=float(node.attrs["scale"]),
+        num_heads=a["num_heads"],
+        kv_num_heads=a["num_kv_heads"],
+        scale=float(a["scale"]),
+        local_window_size=a["window"] or -1,
     )
 
 
@@ -918,29 +921,37 @@ def _cached_attention_scatter(e: Emitter, node: Node) -> None:
     """cached_attention in standard ops: ScatterElements writes the new keys and values into
     the caches (in place when their buffers are bound as input and output: ORT skips copying a
     tensor onto itself), then Attention-23 attends to the whole cache under a [B, 1, T, C]
-    mask of the slots each query sees."""
+    mask of the slots each query sees (with ALiBi, the [B, H, T, C] bias on them)."""
     q, k, v, k_cache, v_cache, past = node.inputs
     b, t, width = q.shape
-    heads, capacity, d = k_cache.shape[1:]
+    kv_heads, capacity, d = k_cache.shape[1:]
+    a = node.attrs
     out, k_next, v_next = _names(node.outputs)
 
-    def split(x: str) -> str:  # [B, T, H·D] -> [B, H, T, D]
+    def split(x: str, heads: int) -> str:  # [B, T, H·D] -> [B, H, T, D]
         x = e.op("Reshape", [x, e.ints([b, t, heads, d], "heads")], allowzero=1)
         return e.op("Transpose", [x], perm=[0, 2, 1, 3])
 
     steps = e.tensor(torch.arange(t).reshape(1, 1, t, 1), "steps")
     slot = e.op("Add", [e.op("Reshape", [past.name, e.ints([b, 1, 1, 1], "past")]), steps])
-    index = e.op("Expand", [slot, e.ints([b, heads, t, d], "index_shape")])
+    index = e.op("Expand", [slot, e.ints([b, kv_heads, t, d], "index_shape")])
     for new, cache, name in ((k, k_cache, k_next), (v, v_cache, v_next)):
-        e.op("ScatterElements", [cache.name, index, split(new.name)], name, axis=2)
+        e.op("ScatterElements", [cache.name, index, split(new.name, kv_heads)], name, axis=2)
     slots = e.tensor(torch.arange(capacity).reshape(1, 1, 1, capacity), "slots")
     mask = e.op("LessOrEqual", [slots, slot])
+    if a["window"]:
+        start = e.op("Sub", [slot, e.ints([a["window"]], "window")])
+        mask = e.op("And", [mask, e.op("Greater", [slots, start])])
+    if a["alibi_slopes"]:
+        slopes = torch.tensor(a["alibi_slopes"], dtype=q.type.torch_dtype).reshape(1, -1, 1, 1)
+        offset = e.op("Cast", [e.op("Sub", [slots, slot])], to=ONNX_DTYPES[q.dtype])
+        alibi = e.op("Mul", [e.tensor(slopes, "alibi_slopes"), offset])
+        blocked = e.tensor(torch.tensor(float("-inf"), dtype=q.type.torch_dtype), "blocked")
+        mask = e.op("Where", [mask, alibi, blocked])
     y = e.op(
         "Attention",
-        [split(q.name), k_next, v_next, mask],
-        q_num_heads=heads,
-        kv_num_heads=heads,
-        scale=float(node.attrs["scale"]),
+        [split(q.name, a["num_heads"]), k_next, v_next, mask],
+        scale=float(a["scale"]),
     )
     y = e.op("Transpose", [y], perm=[0, 2, 1, 3])
     e.op("Reshape", [y, e.ints([b, t, width], "shape")], out, allowzero=1)

@@ -219,6 +219,26 @@ CASES: dict[str, tuple[str, str]] = {
         "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) {num_heads=2, scale=0.3}"
         " : f32[2,1,20], f32[2,2,8,10], f32[2,2,8,10]",
     ),
+    # Grouped key-value heads with a window (GroupQueryAttention's local_window_size); multi-query
+    # with a window and head size 4, a chunk after a past; ALiBi (both ScatterElements).
+    "cached_attention:gqa_window": (
+        "%q: f32[2,1,32], %k: f32[2,1,16], %v: f32[2,1,16], %kc: f32[2,2,8,8], "
+        "%vc: f32[2,2,8,8], %past: i64[2]",
+        "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) {num_heads=4, "
+        "num_kv_heads=2, scale=0.35, window=2} : f32[2,1,32], f32[2,2,8,8], f32[2,2,8,8]",
+    ),
+    "cached_attention:mqa_window_chunk": (
+        "%q: f32[1,3,16], %k: f32[1,3,4], %v: f32[1,3,4], %kc: f32[1,1,8,4], "
+        "%vc: f32[1,1,8,4], %past: i64[1]",
+        "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) {num_heads=4, "
+        "num_kv_heads=1, scale=0.5, window=2} : f32[1,3,16], f32[1,1,8,4], f32[1,1,8,4]",
+    ),
+    "cached_attention:alibi": (
+        "%q: f32[2,1,16], %k: f32[2,1,16], %v: f32[2,1,16], %kc: f32[2,2,8,8], "
+        "%vc: f32[2,2,8,8], %past: i64[2]",
+        "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) {alibi_slopes=[0.5, "
+        "0.25], num_heads=2, scale=0.35} : f32[2,1,16], f32[2,2,8,8], f32[2,2,8,8]",
+    ),
     "qkv_attention:no_bias": (
         "%x: f32[2,5,8]",
         "param %w: f32[36,8]\n"
@@ -400,6 +420,10 @@ def _op_types(g: Graph) -> list[str]:
         # integer bookkeeping on [batch] lengths, then one kernel
         (
             "cached_attention",
+            ["Add", "Cast", "ReduceMax", "Add", "Reshape", "Cast", "GroupQueryAttention"],
+        ),
+        (
+            "cached_attention:gqa_window",
             ["Add", "Cast", "ReduceMax", "Add", "Reshape", "Cast", "GroupQueryAttention"],
         ),
         ("attention:causal", ["Attention"]),
