@@ -504,6 +504,11 @@ def _embedding(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], 
         if i_info == LAST:
             return [LAST], [r.value(table), r.value(ids)]
         return [i_info], [r.value(table), r.value(ids)]
+    if isinstance(t_info, Pos) and t_info.axis == 1 and i_info == KNOWN:
+        # known rows of a table whose every row holds all positions (Falcon's key and value
+        # heads picked from its fused projection): a gather beside the positions
+        pos = Pos(ids.type.rank, t_info.outer, t_info.inner)
+        return [pos], [r.value(table), r.value(ids)]
     # A gather of rows of a position-carrying table: only the last position may be selected.
     data = constant_data(r.src, ids) if i_info == KNOWN else None
     if (

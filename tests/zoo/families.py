@@ -22,13 +22,17 @@ _COMMON = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=0)
 
 
 class CausalLM(nn.Module):
-    """A Hugging Face causal LM returning only the logits, without a KV cache."""
+    """A Hugging Face causal LM returning only the logits, without a KV cache (its config is
+    where cgc's generation finds the context length)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.config = model.config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.logits
 
