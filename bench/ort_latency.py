@@ -1,5 +1,9 @@
-"""Inference latency of Cerebras-GPT 111M on ONNX Runtime (CPU): cgc's fused ONNX against
-torch.onnx.export's ONNX of the same module, and eager PyTorch.
+"""Inference latency on ONNX Runtime (CPU): cgc's fused ONNX against torch.onnx.export's ONNX
+of the same module, and eager PyTorch, for Cerebras-GPT 111M and a Llama-shaped model.
+
+The Llama-shaped model is a transformers LlamaConfig with seeded random weights: width 768,
+12 layers, 12 query heads sharing 4 key-value heads (grouped-query attention), RoPE, RMSNorm,
+a SwiGLU MLP of width 2048 and a 32000-token vocabulary (about 0.1B parameters, as 111M).
 
 Both ONNX files run in sessions with the same options (ORT_ENABLE_ALL, --threads intra-op
 threads, CPU provider); eager PyTorch runs under torch.no_grad with the same thread count.
@@ -7,9 +11,9 @@ Batch 1, seeded random weights. After a warm-up, the three run in turn, round af
 one process, so drifts in machine load hit all of them alike; times are medians over rounds.
 
 A fourth contender bounds what any fusion can reach: "floor", an ONNX model that runs nothing
-but the matrix products every GPT forward pass must compute (each layer's QKV, output and two
-MLP projections, and the vocabulary projection, as Gemm/MatMul on the same shapes), with no
-attention, normalisation or activation at all. No lowering of the full model can run faster.
+but the matrix products every forward pass must compute (each layer's projections, and the
+vocabulary projection, as Gemm/MatMul on the same shapes), with no attention, normalisation or
+activation at all. No lowering of the full model can run faster.
 
 The runtimes must not slow each other down. ORT's worker threads keep spinning for about 40 ms
 of CPU after a run, so each timed run waits PAUSE first, and the order rotates every round.
@@ -17,7 +21,8 @@ PyTorch's OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, unless set): s
 they fought ORT's threads for the cores (at seq 16, eager took 99 ms alone and 968 ms right
 after an ORT run; ORT 28 ms alone and 82 ms right after eager).
 
-    python bench/ort_latency.py [--seq-lens 128,512] [--rounds 30] [--threads 2] [-v]
+    python bench/ort_latency.py [--models cerebras-gpt-111m,llama] [--seq-lens 128,512]
+                                [--rounds 30] [--threads 2] [-v]
 """
 
 from __future__ import annotations
@@ -32,18 +37,19 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+import transformers  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import cgc  # noqa: E402
 from cgc import models  # noqa: E402
 
-MODEL = "cerebras-gpt-111m"
 WARMUP = 3
 PAUSE = 0.1  # seconds before each timed run: longer than ORT's threads spin after one
 
@@ -79,32 +85,79 @@ def kernel_times(path: Path, ids: torch.Tensor, threads: int, runs: int = 5) -> 
     return f"{sum(totals.values()):.0f} ms: " + ", ".join(f"{k} {v:.1f}" for k, v in ranked)
 
 
-def gemm_floor(config: models.GPTConfig, seq_len: int, path: Path) -> Path:
+@dataclass(frozen=True)
+class Subject:
+    """A model to time: a module taking token ids, and the products its forward pass needs."""
+
+    name: str
+    module: torch.nn.Module
+    vocab: int
+    layers: int
+    projections: tuple[tuple[int, int], ...]  # each layer's (in, out) matrix products
+
+
+class Logits(torch.nn.Module):
+    """A Hugging Face causal LM on token ids, returning only the logits (no KV cache)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, use_cache=False).logits
+
+
+def cerebras_gpt() -> Subject:
+    module = models.build("cerebras-gpt-111m").eval()
+    c = module.config
+    d, f = c.n_embd, c.n_inner
+    return Subject(c.name, module, c.vocab_size, c.n_layer, ((d, 3 * d), (d, d), (d, f), (f, d)))
+
+
+def llama() -> Subject:
+    """The Llama-shaped model of the module docstring."""
+    config = transformers.LlamaConfig(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        intermediate_size=2048,
+        vocab_size=32000,
+        max_position_embeddings=2048,
+    )
+    torch.manual_seed(0)
+    module = Logits(transformers.LlamaForCausalLM(config)).eval()
+    d, kv, f = 768, 4 * 64, 2048
+    projections = ((d, d), (d, kv), (d, kv), (d, d), (d, f), (d, f), (f, d))
+    return Subject("llama-768 (GQA 12/4)", module, 32000, 12, projections)
+
+
+SUBJECTS: dict[str, Callable[[], Subject]] = {"cerebras-gpt-111m": cerebras_gpt, "llama": llama}
+
+
+def gemm_floor(subject: Subject, seq_len: int, path: Path) -> Path:
     """An ONNX model of only the projections' matrix products (see the module docstring).
 
     Every product reads a graph input and is a graph output, so ORT can neither fold nor drop
     it; weights are initializers, as in the real models, so ORT prepacks them alike.
     """
-    d, f, v = config.n_embd, config.n_inner, config.vocab_size
     rng = np.random.default_rng(0)
+    widths = sorted({k for k, _ in subject.projections})
     inputs = [
-        helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq_len, d]),
-        helper.make_tensor_value_info("h", TensorProto.FLOAT, [seq_len, f]),
+        helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [seq_len, k]) for k in widths
     ]
     nodes, weights, outputs = [], [], []
 
-    def product(source: str, k: int, n: int, name: str, op: str = "Gemm") -> None:
+    def product(k: int, n: int, name: str, op: str = "Gemm") -> None:
         w = rng.standard_normal((k, n), dtype=np.float32) * 0.02
         weights.append(numpy_helper.from_array(w, f"{name}_w"))
-        nodes.append(helper.make_node(op, [source, f"{name}_w"], [name]))
+        nodes.append(helper.make_node(op, [f"x{k}", f"{name}_w"], [name]))
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [seq_len, n]))
 
-    for layer in range(config.n_layer):
-        product("x", d, 3 * d, f"qkv{layer}")
-        product("x", d, d, f"proj{layer}")
-        product("x", d, f, f"fc{layer}")
-        product("h", f, d, f"fc_proj{layer}")
-    product("x", d, v, "lm_head", op="MatMul")
+    for layer in range(subject.layers):
+        for i, (k, n) in enumerate(subject.projections):
+            product(k, n, f"p{layer}_{i}")
+    product(subject.projections[0][0], subject.vocab, "lm_head", op="MatMul")
     graph = helper.make_graph(nodes, "gemm_floor", inputs, outputs, weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path.parent.mkdir()
@@ -121,10 +174,11 @@ def op_types(path: Path) -> str:
 
 
 def measure(
-    module: torch.nn.Module, seq_len: int, rounds: int, threads: int, folder: Path, verbose: bool
+    subject: Subject, seq_len: int, rounds: int, threads: int, folder: Path, verbose: bool
 ) -> dict[str, list[float]]:
     """Seconds per forward pass of each contender, one entry per round, at one length."""
-    (ids,) = models.example_inputs(module.config, 1, seq_len)
+    module = subject.module
+    ids = torch.randint(0, subject.vocab, (1, seq_len), generator=torch.Generator().manual_seed(0))
     cgc_path = cgc.compile(module, (ids,), backend="onnxruntime").save(folder / f"cgc_{seq_len}")
     cgc_path = cgc_path / "model.onnx"
     export_path = folder / f"export_{seq_len}" / "model.onnx"
@@ -138,7 +192,7 @@ def measure(
         with torch.no_grad():
             return module(ids)
 
-    floor_path = gemm_floor(module.config, seq_len, folder / f"floor_{seq_len}" / "model.onnx")
+    floor_path = gemm_floor(subject, seq_len, folder / f"floor_{seq_len}" / "model.onnx")
     floor = session(floor_path, threads)
     floor_feeds = {
         i.name: np.random.default_rng(1).standard_normal(i.shape, dtype=np.float32)
@@ -174,6 +228,9 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", default=",".join(SUBJECTS), help=f"comma-separated [{','.join(SUBJECTS)}]"
+    )
     parser.add_argument("--seq-lens", default="128,512", help="comma-separated [128,512]")
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds [30]")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads [2]")
@@ -183,15 +240,26 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
-        f"{MODEL}, batch 1, ORT {ort.__version__} CPU (ORT_ENABLE_ALL, {args.threads} threads), "
+        f"batch 1, ORT {ort.__version__} CPU (ORT_ENABLE_ALL, {args.threads} threads), "
         f"torch {torch.__version__}; medians of {args.rounds} interleaved rounds"
     )
-    module = models.build(MODEL).eval()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="cgc-latency-") as tmp:
-        for seq_len in (int(s) for s in args.seq_lens.split(",")):
-            times = measure(module, seq_len, args.rounds, args.threads, Path(tmp), args.verbose)
-            rows.append((seq_len, times))
+    for name in args.models.split(","):
+        if name not in SUBJECTS:
+            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(SUBJECTS)}")
+        subject = SUBJECTS[name]()
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="cgc-latency-") as tmp:
+            for seq_len in (int(s) for s in args.seq_lens.split(",")):
+                folder = Path(tmp) / str(seq_len)
+                folder.mkdir()
+                times = measure(subject, seq_len, args.rounds, args.threads, folder, args.verbose)
+                rows.append((seq_len, times))
+        print(f"\n{subject.name}")
+        table(rows)
+
+
+def table(rows: list[tuple[int, dict[str, list[float]]]]) -> None:
+    """Medians per contender and their ratios, one row per sequence length."""
     # "per round": the median of each round's cgc/export, which a drift in machine load that
     # spans several rounds affects less than the ratio of the medians
     header = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from math import prod
 
@@ -11,7 +12,7 @@ from cgc.ir import Graph, Node, Value, get_op
 from cgc.ir.printer import format_dict
 from cgc.passes.constants import is_known
 from cgc.passes.manager import Pass, PassContext, PassResult
-from cgc.passes.pattern import Match, Op, Var, apply_patterns, rewrite
+from cgc.passes.pattern import Alt, Match, Op, Rewrite, Var, apply_patterns, rewrite
 from cgc.passes.registry import register_pass
 
 x = Var("x")
@@ -52,59 +53,97 @@ def fold_transpose_transpose(m: Match, g: Graph) -> Value:
     return g.call("transpose", m["x"], perm=[p[i] for i in q])
 
 
-a, b = Var("a"), Var("b")
+a, b, y = Var("a"), Var("b"), Var("y")
 
 
-def _batch_flattened(m: Match) -> bool:
-    """a and b share batch dims that are flattened into one and restored around the matmul"""
-    sa, sb, out = m["a"].shape, m["b"].shape, m.root.output.shape
-    batch = sa[:-2]
-    return (
-        len(sa) > 3
-        and sb[:-2] == batch
-        and out[:-2] == batch
-        and m["flat_a"].shape == (prod(batch), *sa[-2:])
-        and m["flat_b"].shape == (prod(batch), *sb[-2:])
-    )
+def _merged_batch(flat: Value) -> tuple[int, ...] | None:
+    """The leading axes of x that `flat = reshape(x)` merges into its first, or None.
 
-
-@rewrite(
-    Op.reshape(Op.matmul(Op.reshape(a, name="flat_a"), Op.reshape(b, name="flat_b"))),
-    where=_batch_flattened,
-)
-def unflatten_batched_matmul(m: Match, g: Graph) -> Value:
-    """view(view(a, [N, m, k]) · view(b, [N, k, n]), [..., m, n]) = a · b (aten's bmm form)"""
-    return g.call("matmul", m["a"], m["b"])
-
-
-def _batch_split(m: Match) -> int | None:
-    """How many leading axes of x the flatten merges into one, or None if it does not."""
-    xs, flat = m["x"].shape, m["flat"].shape
+    Views on such a flattened batch ([b·h, t, d] for [b, h, t, d], the bmm form of attention)
+    commute with ops that treat every batch element alike, so the flatten can move after them
+    and meet the view that restores the batch.
+    """
+    xs = flat.producer.inputs[0].shape
     for n in range(2, len(xs)):
-        if flat == (prod(xs[:n]), *xs[n:]):
-            return n
+        # A unit axis after the first is squeezed, not merged (GQA's [b, n, 1, s, d] repeat).
+        if flat.shape == (prod(xs[:n]), *xs[n:]) and all(d > 1 for d in xs[1:n]):
+            return xs[:n]
     return None
 
 
+def _flat_batch(m: Match) -> bool:
+    """the reshape merges leading axes of its input into one"""
+    return _merged_batch(m["flat"]) is not None
+
+
 def _batch_kept(m: Match) -> bool:
-    """x's leading axes are flattened into one that the transpose keeps first, then restored"""
-    n = _batch_split(m)
-    perm, xs = m["t"].producer.attrs["perm"], m["x"].shape
-    rest = xs[n:] if n is not None else ()
+    """the transpose keeps the flattened batch axis first"""
+    return _flat_batch(m) and m.root.attrs["perm"][0] == 0
+
+
+@rewrite(Op.transpose(Op.reshape(x, name="flat")), where=_batch_kept)
+def sink_flatten_transpose(m: Match, g: Graph) -> Value:
+    """transpose(view(x, [N, …]), [0, p…]) = view(transpose(x, [b…, p…]), …)"""
+    n = len(_merged_batch(m["flat"]))
+    perm = [*range(n), *(n + p - 1 for p in m.root.attrs["perm"][1:])]
+    moved = g.call("transpose", m["x"], perm=perm)
+    return g.call("reshape", moved, shape=list(m.root.output.shape))
+
+
+def _same_batch(m: Match) -> bool:
+    """a and b are matrices over the same batch axes, flattened into one"""
+    batch = _merged_batch(m["flat_a"])
     return (
-        n is not None
-        and perm[0] == 0
-        and m.root.output.shape == (*xs[:n], *(rest[p - 1] for p in perm[1:]))
+        batch is not None
+        and m["flat_a"].type.rank == 3
+        and batch == _merged_batch(m["flat_b"])
+        and m["a"].type.rank == m["b"].type.rank == len(batch) + 2
     )
 
 
-# The dynamo ONNX exporter writes kᵀ this way: batch and heads flattened for a 3-D transpose.
-@rewrite(Op.reshape(Op.transpose(Op.reshape(x, name="flat"), name="t")), where=_batch_kept)
-def unflatten_batched_transpose(m: Match, g: Graph) -> Value:
-    """view(transpose(view(x, [N, …]), [0, p…]), [b…, …]) = transpose(x, [b…, p…])"""
-    n = _batch_split(m)
-    perm = m["t"].producer.attrs["perm"]
-    return g.call("transpose", m["x"], perm=[*range(n), *(n + p - 1 for p in perm[1:])])
+@rewrite(Op.matmul(Op.reshape(a, name="flat_a"), Op.reshape(b, name="flat_b")), where=_same_batch)
+def sink_flatten_matmul(m: Match, g: Graph) -> Value:
+    """view(a, [N, m, k]) · view(b, [N, k, n]) = view(a · b, [N, m, n]) (aten's bmm form)"""
+    return g.call("reshape", g.call("matmul", m["a"], m["b"]), shape=list(m.root.output.shape))
+
+
+def _broadcasts_over_batch(m: Match) -> bool:
+    """y broadcasts into the flattened x without widening it, per batch element or alike"""
+    flat, other = m["flat"], m["y"]
+    return (
+        _flat_batch(m)
+        and m.root.output.shape == flat.shape
+        and other.type.rank <= flat.type.rank
+        and (other.type.rank < flat.type.rank or other.shape[0] in (1, flat.shape[0]))
+    )
+
+
+def _unflattened(g: Graph, m: Match) -> Value:
+    """y viewed with x's batch axes (or ones) in place of the flattened one."""
+    other, flat = m["y"], m["flat"]
+    if other.type.rank < flat.type.rank:
+        return other
+    batch = _merged_batch(flat)
+    lead = (
+        list(batch) if other.shape[0] == flat.shape[0] and flat.shape[0] > 1 else [1] * len(batch)
+    )
+    return g.call("reshape", other, shape=[*lead, *other.shape[1:]])
+
+
+def _sink_through(op: str) -> Rewrite:
+    flat = Op.reshape(x, name="flat")
+    pattern = (
+        Op(op, [flat, y]) if get_op(op).commutative else Alt(Op(op, [flat, y]), Op(op, [y, flat]))
+    )
+
+    @rewrite(pattern, where=_broadcasts_over_batch)
+    def sink_flatten(m: Match, g: Graph) -> Value:
+        """op(view(x, [N, …]), y) = view(op(x, y'), [N, …]) for elementwise op"""
+        other = _unflattened(g, m)
+        operands = [m["x"], other] if m.root.inputs[0] is m["flat"] else [other, m["x"]]
+        return g.call("reshape", g.call(op, *operands), shape=list(m.root.output.shape))
+
+    return dataclasses.replace(sink_flatten, name=f"sink-flatten-{op}")
 
 
 @rewrite((x * 1.0) | (x / 1.0), where=_keeps_type)
@@ -124,8 +163,9 @@ RULES = [
     drop_identity_transpose,
     fold_reshape_reshape,
     fold_transpose_transpose,
-    unflatten_batched_matmul,
-    unflatten_batched_transpose,
+    sink_flatten_transpose,
+    sink_flatten_matmul,
+    *(_sink_through(op) for op in ("add", "sub", "mul", "div")),
     drop_mul_one,
     drop_add_zero,
 ]
@@ -139,11 +179,12 @@ class Canonicalize(Pass):
     - constant folding: a node whose inputs are constants or parameters with data, all of at
       most `fold_limit` elements, becomes a `constant` when uniform, else a parameter; a
       transpose that only feeds `linear` its weight becomes the weight stored transposed
-      (`<weight>.transpose`, any size, meta weights too); other transposes are layouts, kept;
+      (`<weight>.transpose`, any size, meta weights too), and so do slices of a weight used
+      only in slices (`<weight>.slice`); other transposes are layouts, kept;
     - dead-code elimination of unused nodes and parameters;
     - common-subexpression elimination (same op, inputs and attributes);
-    - the identities in RULES (no-op views, view chains, x·1, x+0, batched matmuls and
-      transposes written on a flattened batch);
+    - the identities in RULES (no-op views, view chains, x·1, x+0, and flattened batches
+      ([b·h, t, d] views) moved after the transposes, matmuls and elementwise ops on them);
     - commutative operands ordered (computed, parameter, constant): constants come second.
     """
 
@@ -182,6 +223,8 @@ class Canonicalize(Pass):
         if node.op == "transpose":
             # A layout change, not a computation: the consumer decides the layout, not the size.
             return _is_linear_weight_layout(graph, node)
+        if node.op == "slice" and _is_weight_part(graph, node):
+            return True  # parts of a weight stay trainable, as its transposes (see _fold)
         # A trainable weight is never folded into a new constant: its gradient would be lost.
         return node.output.type.numel <= self.fold_limit and all(
             is_known(graph, v) and v.type.numel <= self.fold_limit and v.name not in graph.trainable
@@ -205,6 +248,21 @@ def _is_linear_weight_layout(graph: Graph, node: Node) -> bool:
         and all(
             u.op == "linear" and u.inputs[1] is out and u.inputs.count(out) == 1 for u in out.users
         )
+    )
+
+
+def _is_weight_part(graph: Graph, node: Node) -> bool:
+    """A slice of a weight (real or meta data) that is only ever used in slices.
+
+    nn.MultiheadAttention projects keys and values apart from queries with slices of its
+    packed in_proj weight; as parameters of their own, the parts feed `linear` like any
+    weight, and the packed one goes away, so no memory is duplicated.
+    """
+    w = node.inputs[0]
+    return (
+        graph.params.get(w.name) is w
+        and w.name in graph.weights
+        and all(u.op == "slice" for u in w.users)
     )
 
 

@@ -20,10 +20,16 @@ def _half_x_times(t: Pattern) -> Pattern:
 
 # 1 + erf(x/√2), the division written as ·(1/√2) or /√2
 erf_term = 1.0 + Op.erf(Alt(x * Const(approx=1 / math.sqrt(2)), x / Const(approx=math.sqrt(2))))
-# 1 + tanh(√(2/π)·(x + 0.044715·x³)), the cube written as x**3 or x·x·x
+# 1 + tanh(√(2/π)·(x + 0.044715·x³)), the cube written as x**3 or x·x·x, or factored as
+# √(2/π)·x·(1 + 0.044715·x²) (BLOOM)
 cube = Alt(x**3.0, x * x * x)
+square = Alt(x * x, x**2.0)
+c_tanh, c_cube = Const(approx=math.sqrt(2 / math.pi)), Const(approx=0.044715)
 tanh_term = 1.0 + Op.tanh(
-    Const(approx=math.sqrt(2 / math.pi)) * (x + Const(approx=0.044715) * cube)
+    Alt(
+        c_tanh * (x + c_cube * cube),
+        (c_tanh * x) * (1.0 + Alt(c_cube * square, (c_cube * x) * x)),
+    )
 )
 
 
@@ -51,6 +57,7 @@ RULES = [gelu_erf, gelu_tanh]
 class FuseGelu(Pass):
     """Fuse the erf and tanh forms of GELU into `gelu` {approximate="none" | "tanh"}.
 
+    The tanh form's inner term may be √(2/π)·(x + 0.044715·x³) or √(2/π)·x·(1 + 0.044715·x²).
     Constants match within a relative tolerance of 1e-6 (f32 rounding of 1/√2, √2, √(2/π) and
     0.044715); the 0.5 may multiply x, the bracket, or the product.
     """

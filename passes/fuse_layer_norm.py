@@ -20,9 +20,9 @@ variance = Alt(
 )
 # (x - mean) / √(var + ε), written with rsqrt, reciprocal(sqrt) or a division
 normalized = Alt(
-    centred * Op.rsqrt(variance + eps),
-    centred * Op.reciprocal(Op.sqrt(variance + eps)),
-    centred / Op.sqrt(variance + eps),
+    Op.mul(centred, Op.rsqrt(variance + eps), name="normalized"),
+    Op.mul(centred, Op.reciprocal(Op.sqrt(variance + eps)), name="normalized"),
+    Op.div(centred, Op.sqrt(variance + eps), name="normalized"),
 )
 
 
@@ -34,23 +34,39 @@ def _fits(m: Match) -> bool:
     )
 
 
+def _shared_only_by_norms(m: Match) -> bool:
+    """no intermediate is used elsewhere, but the normalised x by other norms' scales"""
+    inside = {id(n) for n in m.nodes}
+    width = (m["x"].shape[-1],)
+    for node in m.nodes[1:]:
+        if m.graph is not None and node.output in m.graph.outputs:
+            return False
+        for user in node.output.users:
+            if id(user) in inside:
+                continue
+            scales = user.op == "mul" and any(v.shape == width for v in user.inputs)
+            if node.output is not m["normalized"] or not scales:
+                return False
+    return True
+
+
 def _layer_norm(m: Match, g: Graph, *affine: str) -> Value:
     return g.call("layer_norm", m["x"], *(m[p] for p in affine), eps=m.number("eps"))
 
 
-@rewrite(normalized * w + b, where=_fits)
+@rewrite(normalized * w + b, where=(_fits, _shared_only_by_norms), single_use=False)
 def layer_norm_affine(m: Match, g: Graph) -> Value:
     """(x - mean) / √(var + ε) · w + b = layer_norm(x, w, b)"""
     return _layer_norm(m, g, "w", "b")
 
 
-@rewrite(normalized * w, where=_fits)
+@rewrite(normalized * w, where=(_fits, _shared_only_by_norms), single_use=False)
 def layer_norm_scale(m: Match, g: Graph) -> Value:
     """(x - mean) / √(var + ε) · w = layer_norm(x, w)"""
     return _layer_norm(m, g, "w")
 
 
-@rewrite(normalized, where=_fits)
+@rewrite(normalized, where=(_fits, _shared_only_by_norms), single_use=False)
 def layer_norm_plain(m: Match, g: Graph) -> Value:
     """(x - mean) / √(var + ε) = layer_norm(x)"""
     return _layer_norm(m, g)
@@ -66,7 +82,8 @@ class FuseLayerNorm(Pass):
     Accepts the variance as mean(d·d), mean(d**2) or var(x, correction=0), the normalisation as
     d·rsqrt(var+ε), d·reciprocal(sqrt(var+ε)) or d/sqrt(var+ε), then an optional scale w and
     shift b (vectors over the last axis). A layer norm with a shift but no scale stays unfused
-    apart from its normalisation: layer_norm(x) + b.
+    apart from its normalisation: layer_norm(x) + b. Norms of one x that share the
+    normalisation (GPT-NeoX's two parallel ones) each become a `layer_norm`.
     """
 
     name = "fuse-layer-norm"

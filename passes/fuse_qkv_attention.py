@@ -37,14 +37,21 @@ def _packed(m: Match) -> bool:
     return m["x"].type.rank == 3 and m["qkv"].shape[-1] % 3 == 0
 
 
+def _plain(node: Node) -> bool:
+    """every query head has its own key head, and no window or ALiBi bias"""
+    a = node.attrs
+    return a["num_kv_heads"] == a["num_heads"] and not a["window"] and not a["alibi_slopes"]
+
+
 @rewrite(
-    Op.attention(*(Op.slice(qkv, where=_third(i)) for i in range(3))),
+    Op.attention(*(Op.slice(qkv, where=_third(i)) for i in range(3)), where=_plain),
     where=_packed,
 )
 def qkv_attention(m: Match, g: Graph) -> Value:
     """attention(thirds of linear(x, w, b)) = qkv_attention(x, w, b)"""
     operands = [m["x"], m["w"], *([m["b"]] if "b" in m else [])]
-    return g.call("qkv_attention", *operands, **m.root.attrs)
+    attrs = {key: m.root.attrs[key] for key in ("num_heads", "causal", "scale")}
+    return g.call("qkv_attention", *operands, **attrs)
 
 
 @register_pass
@@ -53,7 +60,8 @@ class FuseQkvAttention(Pass):
 
     Fires when q, k and v are the first, second and third equal slices of the last axis of a
     single linear's output, that output feeds nothing else, and the attention has no mask
-    operand. Not in the default pipeline; the ONNX Runtime backend runs it while lowering.
+    operand, no shared key heads, window or ALiBi bias. Not in the default pipeline; the ONNX
+    Runtime backend runs it while lowering.
     """
 
     name = "fuse-qkv-attention"

@@ -20,7 +20,12 @@ What it relies on, and proves or refuses (InputError, one line naming the op and
   and layer norm on the feature axis, embedding lookups per token, matmuls whose contracted
   axis is not the position axis. Anything else touching positions is refused;
 - attention is causal self-attention without a mask operand (queries, keys and values at the
-  same positions), so position i needs only positions <= i, which the cache holds;
+  same positions), so position i needs only positions <= i, which the cache holds. Its
+  grouped key-value heads (the cache holds num_kv_heads heads), sliding window and ALiBi
+  slopes carry over: they depend only on the query's and the key's positions, which the cache
+  keeps (slot j holds position j);
+- rotary embeddings turn position i by row i of their tables (the op's definition): the
+  tables must be known, and the step graph takes their rows at the new positions;
 - positions enter only as constants laid out along the position axis (the `arange` the model
   built, a learned position table, folded or not, and what is computed from them): the
   full-sequence graph uses row i of such a constant at position i, so the step graph uses
@@ -55,7 +60,7 @@ LOGITS = "logits"
 ELEMENTWISE = frozenset(
     {
         *("neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "erf"),
-        *("sigmoid", "relu", "logical_not", "gelu", "cast"),
+        *("sigmoid", "relu", "logical_not", "gelu", "silu", "cos", "sin", "cast"),
         *("add", "sub", "mul", "div", "pow", "maximum", "minimum", "where"),
         *("eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or"),
     }
@@ -355,7 +360,7 @@ class _Rebuild:
                 self.rows[id(new)] = info
 
 
-_ROW_WISE = ELEMENTWISE | {"layer_norm", "linear"}
+_ROW_WISE = ELEMENTWISE | {"layer_norm", "rms_norm", "linear", "swiglu"}
 
 # A rule checks one node against the position axes of its inputs and returns the position axes
 # of its outputs with the node's new inputs, or None when it built the new outputs itself.
@@ -413,7 +418,7 @@ def _reduction(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], 
 def _feature_axis(
     r: _Rebuild, node: Node, infos: list[Info]
 ) -> tuple[list[Info], list[Value] | None]:
-    """Ops on the last (feature) axis with known parameters: layer norm, linear."""
+    """Ops on the last (feature) axis with known parameters: layer and RMS norm, linear, swiglu."""
     x = node.inputs[0]
     if any(i != KNOWN for i in infos[1:]):
         raise _refuse(node, "takes position-dependent weights")
@@ -499,6 +504,11 @@ def _embedding(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], 
         if i_info == LAST:
             return [LAST], [r.value(table), r.value(ids)]
         return [i_info], [r.value(table), r.value(ids)]
+    if isinstance(t_info, Pos) and t_info.axis == 1 and i_info == KNOWN:
+        # known rows of a table whose every row holds all positions (Falcon's key and value
+        # heads picked from its fused projection): a gather beside the positions
+        pos = Pos(ids.type.rank, t_info.outer, t_info.inner)
+        return [pos], [r.value(table), r.value(ids)]
     # A gather of rows of a position-carrying table: only the last position may be selected.
     data = constant_data(r.src, ids) if i_info == KNOWN else None
     if (
@@ -543,17 +553,38 @@ def _matmul(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], lis
     return [pos], ins
 
 
+def _cumsum(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], list[Value] | None]:
+    (info,) = infos
+    ins = [r.value(node.inputs[0])]
+    if info == LAST:
+        return [LAST], ins
+    if node.attrs["axis"] % node.inputs[0].type.rank == info.axis:
+        raise _refuse(node, "sums over the positions")
+    return [info], ins
+
+
+def _rotary(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], list[Value] | None]:
+    """rotary_embedding turns x at sequence position p by row p of its tables (the op's
+    definition), so the step graph takes the tables' rows at the new positions."""
+    x, cos, sin = node.inputs
+    if infos[0] != Pos(1) or infos[1:] != [KNOWN, KNOWN]:
+        raise _refuse(node, "turns positions by tables that depend on the inputs")
+    axis = cos.type.rank - 2  # [seq, r/2] or [batch, seq, r/2]
+    return [Pos(1)], [r.value(x), r.localize(cos, Pos(axis)), r.localize(sin, Pos(axis))]
+
+
 def _attention(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], list[Value] | None]:
     q, k, v = node.inputs[:3]
-    if not node.attrs["causal"]:
+    a = node.attrs
+    if not a["causal"]:
         raise _refuse(node, "is not causal")
     if len(node.inputs) == 4:
         raise _refuse(node, "has a mask operand besides the causal mask")
     if any(i != Pos(1) for i in infos[:3]) or not (q.shape[1] == k.shape[1] == r.capacity):
         raise _refuse(node, "is not self-attention over the positions (cross-attention?)")
-    heads = node.attrs["num_heads"]
+    heads, kv_heads = a["num_heads"], a["num_kv_heads"]
     b, _, e = k.shape
-    cache = TensorType((b, heads, r.capacity, e // heads), k.dtype)
+    cache = TensorType((b, kv_heads, r.capacity, e // kv_heads), k.dtype)
     k_name, v_name = cache_names(r.caches)
     r.caches += 1
     k_cache = r.g.add_input(k_name, cache)
@@ -562,7 +593,13 @@ def _attention(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], 
     new = r.g.add_node(
         "cached_attention",
         ins,
-        {"num_heads": heads, "scale": node.attrs["scale"]},
+        {
+            "num_heads": heads,
+            "scale": a["scale"],
+            "num_kv_heads": kv_heads,
+            "window": a["window"],
+            "alibi_slopes": a["alibi_slopes"],
+        },
         node.meta,
         names=[r.g.fresh_name(node.output.name), f"{k_name}.next", f"{v_name}.next"],
     )
@@ -573,7 +610,11 @@ def _attention(r: _Rebuild, node: Node, infos: list[Info]) -> tuple[list[Info], 
 
 _RULES: dict[str, Rule] = {
     "layer_norm": _feature_axis,
+    "rms_norm": _feature_axis,
     "linear": _feature_axis,
+    "swiglu": _feature_axis,
+    "rotary_embedding": _rotary,
+    "cumsum": _cumsum,
     "softmax": _axis_attr,
     "log_softmax": _axis_attr,
     "transpose": _transpose,

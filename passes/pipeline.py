@@ -13,9 +13,10 @@ from cgc.errors import InputError
 from cgc.passes.base import Option, Pass
 from cgc.passes.registry import get_pass
 
+# fuse-layer-norm runs before fuse-rms-norm: a layer norm is an RMS norm of x - mean(x).
 DEFAULT_PIPELINE = (
-    "canonicalize,fuse-attention,fuse-layer-norm,fuse-gelu,fuse-linear,fuse-cross-entropy,"
-    "canonicalize"
+    "canonicalize,fuse-layer-norm,fuse-rms-norm,fuse-rotary-embedding,fuse-attention,fuse-gelu,"
+    "fuse-linear,fuse-swiglu,fuse-cross-entropy,canonicalize"
 )
 
 _ITEM = re.compile(r"\s*([A-Za-z][\w-]*)\s*(?:\{([^{}]*)\})?\s*(,|$)")

@@ -135,12 +135,12 @@ UNSUPPORTED = """\
 import torch
 
 
-class UsesCumsum(torch.nn.Module):
+class UsesCumprod(torch.nn.Module):
     def forward(self, x):
-        return torch.cumsum(x, dim=0) * 2
+        return torch.cumprod(x, dim=0) * 2
 
 
-model = UsesCumsum()
+model = UsesCumprod()
 example_inputs = (torch.randn(4),)
 """
 
@@ -150,7 +150,7 @@ def test_unsupported_op_names_aten_op_and_line(tmp_path: Path, monkeypatch) -> N
     Path("m.py").write_text(UNSUPPORTED)
     result = cgc("compile", "m.py", "-o", "art")
     assert [p.name for p in tmp_path.iterdir()] == ["m.py"]
-    assert one_error_line(result).startswith("error: unsupported operation aten.cumsum at m.py:6")
+    assert one_error_line(result).startswith("error: unsupported operation aten.cumprod at m.py:6")
 
 
 def test_compile_run_check_on_a_python_file(tmp_path: Path, monkeypatch) -> None:

@@ -17,6 +17,7 @@ from onnx import NodeProto, TensorProto, helper
 
 from cgc.errors import UnsupportedOpError
 from cgc.ir import Node, Value
+from cgc.ir.ops.nn import position_bias
 from cgc.ir.ops.random import (
     LANES,
     MASK32,
@@ -30,6 +31,7 @@ from cgc.ir.types import TORCH_DTYPES, dtype_name
 
 OPSET = 23  # the default-domain opset: Attention arrived in 23
 QUERY_BLOCK = 256  # queries per block of long causal contrib Attention (see _qkv_attention)
+GQA_FROM = 512  # causal self-attention this long runs as GroupQueryAttention (see _attention)
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops
 
 ONNX_DTYPES: dict[str, int] = {
@@ -202,6 +204,18 @@ def _rsqrt(e: Emitter, node: Node) -> None:
     e.op("Reciprocal", [e.op("Sqrt", [node.inputs[0].name])], node.output.name)
 
 
+@lowering("silu")
+def _silu(e: Emitter, node: Node) -> None:
+    x = node.inputs[0].name
+    e.op("Mul", [x, e.op("Sigmoid", [x])], node.output.name)
+
+
+@lowering("cumsum")
+def _cumsum(e: Emitter, node: Node) -> None:
+    axis = e.tensor(torch.tensor(node.attrs["axis"], dtype=torch.int64), "axis")
+    e.op("CumSum", [node.inputs[0].name, axis], node.output.name)
+
+
 @lowering("ne")
 def _ne(e: Emitter, node: Node) -> None:
     e.op("Not", [e.op("Equal", _names(node.inputs))], node.output.name)
@@ -355,6 +369,53 @@ def _layer_norm(e: Emitter, node: Node) -> None:
     e.op("LayerNormalization", inputs, node.output.name, axis=-1, epsilon=node.attrs["eps"])
 
 
+@lowering("rms_norm")
+def _rms_norm(e: Emitter, node: Node) -> None:
+    """RMSNormalization (opset 23)."""
+    x = node.inputs[0]
+    scale = node.inputs[1].name if len(node.inputs) > 1 else None
+    if scale is None:  # RMSNormalization requires a scale
+        scale = e.tensor(torch.ones(x.shape[-1], dtype=x.type.torch_dtype), "ones")
+    e.op("RMSNormalization", [x.name, scale], node.output.name, axis=-1, epsilon=node.attrs["eps"])
+
+
+@lowering("rotary_embedding")
+def _rotary_embedding(e: Emitter, node: Node) -> None:
+    """RotaryEmbedding (opset 23) on the 3-D input; [seq, r/2] tables are indexed by position
+    ids 0..seq-1 (the op takes tables without ids only per batch row)."""
+    x, cos, sin = node.inputs
+    b, t, _ = x.shape
+    inputs = [x.name, cos.name, sin.name]
+    if cos.type.rank == 2:
+        positions = torch.arange(t, dtype=torch.int64).expand(b, t).contiguous()
+        inputs.append(e.tensor(positions, "positions"))
+    e.op(
+        "RotaryEmbedding",
+        inputs,
+        node.output.name,
+        num_heads=node.attrs["num_heads"],
+        rotary_embedding_dim=node.attrs["rotary_dim"],
+        interleaved=int(node.attrs["interleaved"]),
+    )
+
+
+@lowering("swiglu")
+def _swiglu(e: Emitter, node: Node) -> None:
+    """One Gemm on the gate and up weights stacked into one [2f, in] initializer (made here),
+    then Split, and silu(gate)·up as Sigmoid and two Muls."""
+    x, w_gate, w_up = node.inputs
+    out = node.output
+    f = w_gate.shape[0]
+    weights = e.op("Concat", [w_gate.name, w_up.name], axis=0)
+    rows = [prod(x.shape[:-1]), x.shape[-1]]
+    x2d = e.op("Reshape", [x.name, e.ints(rows, "rows")], allowzero=1)
+    both = e.op("Gemm", [x2d, weights], transB=1)
+    gate, up = e.fresh("gate"), e.fresh("up")
+    e.op("Split", [both, e.ints([f, f], "split")], [gate, up], axis=1)
+    gated = e.op("Mul", [e.op("Mul", [gate, e.op("Sigmoid", [gate])]), up])
+    e.op("Reshape", [gated, e.ints(out.shape, "shape")], out.name, allowzero=1)
+
+
 @lowering("gelu")
 def _gelu(e: Emitter, node: Node) -> None:
     approximate = node.attrs["approximate"]
@@ -363,27 +424,59 @@ def _gelu(e: Emitter, node: Node) -> None:
 
 @lowering("attention")
 def _attention(e: Emitter, node: Node) -> None:
-    """ONNX Attention-23 on the 3-D [batch, seq, heads·d_head] inputs.
+    """ONNX Attention-23 on the 3-D [batch, seq, heads·d_head] inputs (key-value heads shared by
+    kv_num_heads); long causal self-attention without a mask goes to com.microsoft's
+    GroupQueryAttention instead.
 
-    The fastest correct choice in ORT 1.32 on CPU: causal attention alone (768 wide, 12 heads,
-    1 thread) takes 9.9 ms at seq 512 against 10.7 ms for com.microsoft.MultiHeadAttention and
-    13.7 ms decomposed into primitives (ORT does not re-fuse those); it is also the standard op.
+    Attention-23 is the fastest correct choice in ORT 1.32 on CPU at short lengths: causal
+    attention alone (768 wide, 12 heads, 1 thread) takes 9.9 ms at seq 512 against 10.7 ms for
+    com.microsoft.MultiHeadAttention and 13.7 ms decomposed into primitives (ORT does not
+    re-fuse those); it is also the standard op. GroupQueryAttention computes only the causal
+    half of the scores: 12 query and 4 key-value heads of 64, 2 threads, medians of 60
+    interleaved rounds on a loaded machine (bench/ort_contrib_ops.py --ops attention), it took
+    1.03x Attention-23's time at seq 128, 0.98x at 256, 0.77x at 512 and 0.84x at 1024.
     """
     q, k = node.inputs[0], node.inputs[1]
     t, s = q.shape[1], k.shape[1]
-    heads = node.attrs["num_heads"]
+    a = node.attrs
+    long = a["causal"] and t == s >= GQA_FROM and len(node.inputs) == 3 and not a["alibi_slopes"]
+    if long and q.shape[2] // a["num_heads"] % 8 == 0:  # ORT's CPU kernel: head sizes 8·n only
+        _group_query_attention(e, node)
+        return
     # ORT aligns is_causal top-left (the ONNX spec); the IR aligns bottom-right (as torch). They
-    # agree when t == s; otherwise the causal mask goes in as an explicit bias.
-    causal = node.attrs["causal"]
-    bias = attention_bias(e, q, k, _mask(node, 3), causal_bias=causal and t != s)
+    # agree when t == s; otherwise the causal mask goes in as an explicit bias, as do sliding
+    # windows and ALiBi, which the op lacks.
+    is_causal = a["causal"] and t == s and not a["window"]
+    bias = attention_bias(e, node, q, k, _mask(node, 3), causal_bias=not is_causal)
     e.op(
         "Attention",
         [*_names(node.inputs[:3]), *([bias] if bias else [])],
         node.output.name,
-        q_num_heads=heads,
-        kv_num_heads=heads,
-        is_causal=int(causal and t == s),
-        scale=float(node.attrs["scale"]),
+        q_num_heads=a["num_heads"],
+        kv_num_heads=a["num_kv_heads"],
+        is_causal=int(is_causal),
+        scale=float(a["scale"]),
+    )
+
+
+def _group_query_attention(e: Emitter, node: Node) -> None:
+    """com.microsoft.GroupQueryAttention: causal self-attention with no past, each sequence
+    `seq` keys long (seqlens_k holds lengths minus one); its local_window_size counts the keys
+    a query sees, itself included, as the IR's window."""
+    q = node.inputs[0]
+    b, t = q.shape[:2]
+    a = node.attrs
+    lengths = e.tensor(torch.full((b,), t - 1, dtype=torch.int32), "seqlens_k")
+    total = e.tensor(torch.tensor(t, dtype=torch.int32), "total_sequence_length")
+    e.op(
+        "GroupQueryAttention",
+        [*_names(node.inputs[:3]), "", "", lengths, total],
+        node.output.name,
+        domain=MS_DOMAIN,
+        num_heads=a["num_heads"],
+        kv_num_heads=a["num_kv_heads"],
+        scale=float(a["scale"]),
+        local_window_size=a["window"] or -1,
     )
 
 
@@ -393,9 +486,10 @@ def _mask(node: Node, index: int) -> Value | None:
 
 
 def attention_bias(
-    e: Emitter, q: Value, k: Value, mask: Value | None, *, causal_bias: bool
+    e: Emitter, node: Node, q: Value, k: Value, mask: Value | None, *, causal_bias: bool
 ) -> str | None:
-    """The additive mask as a [b|1, h|1, t, s] tensor of q's dtype, with the causal mask when asked.
+    """The additive mask as a [b|1, h|1, t, s] tensor of q's dtype, plus the bias of the node's
+    alibi_slopes and, when asked, of causal and window (cgc.ir.ops.nn.position_bias).
 
     ORT's attention kernels broadcast the batch and head axes of the mask but not the last two.
     They also zero a query whose highest score is the lowest finite float, their own mask
@@ -417,11 +511,15 @@ def attention_bias(
         full = tuple(torch.broadcast_shapes(mask.shape, (1, 1, t, s)))
         if full != mask.shape:
             bias = e.op("Expand", [bias, e.ints(full, "mask_shape")])
-    if causal_bias:
-        keep = torch.ones(t, s, dtype=torch.bool).tril(s - t)
-        masked = torch.zeros(1, 1, t, s, dtype=q.type.torch_dtype).masked_fill(~keep, -torch.inf)
-        causal = e.tensor(masked, "causal_bias")
-        bias = causal if bias is None else e.op("Add", [bias, causal])
+    a = node.attrs
+    causal = a["causal"] and causal_bias
+    fixed = position_bias(
+        t, s, causal=causal, window=a["window"] if causal else 0, alibi_slopes=a["alibi_slopes"],
+        dtype=q.type.torch_dtype,
+    )  # fmt: skip
+    if fixed is not None:
+        fixed = e.tensor(fixed.unsqueeze(0), "causal_bias" if causal else "alibi_bias")
+        bias = fixed if bias is None else e.op("Add", [bias, fixed])
     return bias
 
 
@@ -628,11 +726,34 @@ def _embedding_grad(e: Emitter, node: Node) -> None:
     e.op("ScatterND", [table, index, dy.name], out.name, reduction="add")
 
 
-def _split(e: Emitter, x: Value, heads: int) -> str:
-    """[b, s, heads·d] -> [b, heads, s, d]."""
+def _split(e: Emitter, x: Value, heads: int, repeat: int = 1) -> str:
+    """[b, s, heads·d] -> [b, heads·repeat, s, d], each head `repeat` times (shared keys)."""
     b, s, width = x.shape
-    x4 = e.op("Reshape", [x.name, e.ints([b, s, heads, width // heads], "heads")], allowzero=1)
-    return e.op("Transpose", [x4], perm=[0, 2, 1, 3])
+    d = width // heads
+    x4 = e.op("Reshape", [x.name, e.ints([b, s, heads, d], "heads")], allowzero=1)
+    split = e.op("Transpose", [x4], perm=[0, 2, 1, 3])
+    if repeat == 1:
+        return split
+    grouped = e.op("Reshape", [split, e.ints([b, heads, 1, s, d], "group")], allowzero=1)
+    grouped = e.op("Expand", [grouped, e.ints([b, heads, repeat, s, d], "repeat")])
+    return e.op("Reshape", [grouped, e.ints([b, heads * repeat, s, d], "repeated")], allowzero=1)
+
+
+def _split_kv(e: Emitter, node: Node, x: Value) -> str:
+    """k or v of an attention-family node split into heads, repeated for the query heads."""
+    kv_heads = node.attrs["num_kv_heads"]
+    return _split(e, x, kv_heads, node.attrs["num_heads"] // kv_heads)
+
+
+def _merge_groups(e: Emitter, node: Node, x: str, out: Value) -> None:
+    """A shared key or value head's gradient: summed over the query heads it serves, merged."""
+    heads, kv_heads = node.attrs["num_heads"], node.attrs["num_kv_heads"]
+    if heads != kv_heads:
+        b, s, width = out.shape
+        x = e.op("Reshape", [x, e.ints([b, kv_heads, heads // kv_heads, s, width // kv_heads],
+                                      "groups")], allowzero=1)  # fmt: skip
+        x = e.op("ReduceSum", [x, e.ints([2], "group_axis")], keepdims=0)
+    _merge(e, x, out)
 
 
 def _merge(e: Emitter, x: str, out: Value) -> None:
@@ -645,9 +766,9 @@ def _scores(e: Emitter, node: Node, q: Value, k: Value, mask: Value | None) -> t
     """The per-head scores scale·q·kᵀ + bias, [b, h, t, s], and the split q and k."""
     heads, scale = node.attrs["num_heads"], float(node.attrs["scale"])
     qh = _split(e, q, heads)
-    kh = _split(e, k, heads)
+    kh = _split_kv(e, node, k)
     scores = e.op("FusedMatMul", [qh, kh], domain=MS_DOMAIN, transB=1, alpha=scale)
-    bias = attention_bias(e, q, k, mask, causal_bias=node.attrs["causal"])
+    bias = attention_bias(e, node, q, k, mask, causal_bias=True)
     return (e.op("Add", [scores, bias]) if bias else scores), qh, kh
 
 
@@ -678,7 +799,7 @@ def _attention_lse(e: Emitter, node: Node) -> None:
         inf = e.tensor(torch.tensor(float("inf"), dtype=q.type.torch_dtype), "inf")
         top = e.op("Where", [e.op("IsInf", [top], detect_positive=0), inf, top])
     log_top_weight = e.op("Log", [e.op("ReduceMax", [weights, last], keepdims=1)])
-    _merge(e, e.op("MatMul", [weights, _split(e, v, node.attrs["num_heads"])]), y)
+    _merge(e, e.op("MatMul", [weights, _split_kv(e, node, v)]), y)
     full = e.op("Sub", [top, log_top_weight])
     e.op("Reshape", [full, e.ints(lse.shape, "lse_shape")], lse.name, allowzero=1)
 
@@ -694,14 +815,15 @@ def _attention_grad(e: Emitter, node: Node) -> None:
     top = e.op("Unsqueeze", [lse.name, e.ints([-1], "axes")])
     weights = e.op("Exp", [e.op("Sub", [scores, top])])
     dyh = _split(e, dy, heads)
-    _merge(e, e.op("FusedMatMul", [weights, dyh], domain=MS_DOMAIN, transA=1), dv)
-    dweights = e.op("FusedMatMul", [dyh, _split(e, v, heads)], domain=MS_DOMAIN, transB=1)
+    _merge_groups(e, node, e.op("FusedMatMul", [weights, dyh], domain=MS_DOMAIN, transA=1), dv)
+    dweights = e.op("FusedMatMul", [dyh, _split_kv(e, node, v)], domain=MS_DOMAIN, transB=1)
     rowdot = e.op(
         "ReduceSum", [e.op("Mul", [dyh, _split(e, y, heads)]), e.ints([-1], "axes")], keepdims=1
     )
     dscores = e.op("Mul", [weights, e.op("Sub", [dweights, rowdot])])
     _merge(e, e.op("FusedMatMul", [dscores, kh], domain=MS_DOMAIN, alpha=scale), dq)
-    _merge(e, e.op("FusedMatMul", [dscores, qh], domain=MS_DOMAIN, transA=1, alpha=scale), dk)
+    dk_heads = e.op("FusedMatMul", [dscores, qh], domain=MS_DOMAIN, transA=1, alpha=scale)
+    _merge_groups(e, node, dk_heads, dk)
 
 
 @lowering("layer_norm_grad")
@@ -762,19 +884,21 @@ def _gelu_grad(e: Emitter, node: Node) -> None:
 def _cached_attention(e: Emitter, node: Node) -> None:
     """com.microsoft.GroupQueryAttention with its past and present caches sharing one buffer.
 
-    The IR cache layout, [B, H, C, D] with sequence b's tokens in slots 0 ... past[b] + T - 1,
-    is GroupQueryAttention's BNSH cache. When the caller binds one OrtValue as both a cache
-    input and the matching output (IO binding), the kernel writes the new keys and values into
-    it in place and attends to the first past[b] + T slots: no copy of the cache per step. Its
-    seqlens_k is the index of each sequence's last token (past + T - 1, int32) and
-    total_sequence_length the longest such length. ONNX Attention-23 and MultiHeadAttention
-    instead return a present cache grown by T, a copy of the whole cache every step.
-    ORT's CPU kernel takes T > 1 new tokens only from an empty cache (prefill) or for batch 1,
-    and head sizes that are multiples of 8; other head sizes take _cached_attention_scatter.
+    The IR cache layout, [B, G, C, D] with sequence b's tokens in slots 0 ... past[b] + T - 1,
+    is GroupQueryAttention's BNSH cache (kv_num_heads G). When the caller binds one OrtValue as
+    both a cache input and the matching output (IO binding), the kernel writes the new keys and
+    values into it in place and attends to the first past[b] + T slots: no copy of the cache per
+    step. Its seqlens_k is the index of each sequence's last token (past + T - 1, int32) and
+    total_sequence_length the longest such length; its local_window_size is the IR's window.
+    ONNX Attention-23 and MultiHeadAttention instead return a present cache grown by T, a copy
+    of the whole cache every step. ORT's CPU kernel takes T > 1 new tokens only from an empty
+    cache (prefill) or for batch 1, head sizes that are multiples of 8, and no ALiBi; the rest
+    take _cached_attention_scatter.
     """
     q, k, v, k_cache, v_cache, past = node.inputs
     t = q.shape[1]
-    if k_cache.shape[-1] % 8:
+    a = node.attrs
+    if k_cache.shape[-1] % 8 or a["alibi_slopes"]:
         _cached_attention_scatter(e, node)
         return
     last = e.op("Add", [past.name, e.ints([t - 1], "last")])
@@ -786,9 +910,10 @@ def _cached_attention(e: Emitter, node: Node) -> None:
         [q.name, k.name, v.name, k_cache.name, v_cache.name, seqlens, total],
         _names(node.outputs),
         domain=MS_DOMAIN,
-        num_heads=node.attrs["num_heads"],
-        kv_num_heads=node.attrs["num_heads"],
-        scale=float(node.attrs["scale"]),
+        num_heads=a["num_heads"],
+        kv_num_heads=a["num_kv_heads"],
+        scale=float(a["scale"]),
+        local_window_size=a["window"] or -1,
     )
 
 
@@ -796,29 +921,37 @@ def _cached_attention_scatter(e: Emitter, node: Node) -> None:
     """cached_attention in standard ops: ScatterElements writes the new keys and values into
     the caches (in place when their buffers are bound as input and output: ORT skips copying a
     tensor onto itself), then Attention-23 attends to the whole cache under a [B, 1, T, C]
-    mask of the slots each query sees."""
+    mask of the slots each query sees (with ALiBi, the [B, H, T, C] bias on them)."""
     q, k, v, k_cache, v_cache, past = node.inputs
     b, t, width = q.shape
-    heads, capacity, d = k_cache.shape[1:]
+    kv_heads, capacity, d = k_cache.shape[1:]
+    a = node.attrs
     out, k_next, v_next = _names(node.outputs)
 
-    def split(x: str) -> str:  # [B, T, H·D] -> [B, H, T, D]
+    def split(x: str, heads: int) -> str:  # [B, T, H·D] -> [B, H, T, D]
         x = e.op("Reshape", [x, e.ints([b, t, heads, d], "heads")], allowzero=1)
         return e.op("Transpose", [x], perm=[0, 2, 1, 3])
 
     steps = e.tensor(torch.arange(t).reshape(1, 1, t, 1), "steps")
     slot = e.op("Add", [e.op("Reshape", [past.name, e.ints([b, 1, 1, 1], "past")]), steps])
-    index = e.op("Expand", [slot, e.ints([b, heads, t, d], "index_shape")])
+    index = e.op("Expand", [slot, e.ints([b, kv_heads, t, d], "index_shape")])
     for new, cache, name in ((k, k_cache, k_next), (v, v_cache, v_next)):
-        e.op("ScatterElements", [cache.name, index, split(new.name)], name, axis=2)
+        e.op("ScatterElements", [cache.name, index, split(new.name, kv_heads)], name, axis=2)
     slots = e.tensor(torch.arange(capacity).reshape(1, 1, 1, capacity), "slots")
     mask = e.op("LessOrEqual", [slots, slot])
+    if a["window"]:
+        start = e.op("Sub", [slot, e.ints([a["window"]], "window")])
+        mask = e.op("And", [mask, e.op("Greater", [slots, start])])
+    if a["alibi_slopes"]:
+        slopes = torch.tensor(a["alibi_slopes"], dtype=q.type.torch_dtype).reshape(1, -1, 1, 1)
+        offset = e.op("Cast", [e.op("Sub", [slots, slot])], to=ONNX_DTYPES[q.dtype])
+        alibi = e.op("Mul", [e.tensor(slopes, "alibi_slopes"), offset])
+        blocked = e.tensor(torch.tensor(float("-inf"), dtype=q.type.torch_dtype), "blocked")
+        mask = e.op("Where", [mask, alibi, blocked])
     y = e.op(
         "Attention",
-        [split(q.name), k_next, v_next, mask],
-        q_num_heads=heads,
-        kv_num_heads=heads,
-        scale=float(node.attrs["scale"]),
+        [split(q.name, a["num_heads"]), k_next, v_next, mask],
+        scale=float(a["scale"]),
     )
     y = e.op("Transpose", [y], perm=[0, 2, 1, 3])
     e.op("Reshape", [y, e.ints([b, t, width], "shape")], out, allowzero=1)

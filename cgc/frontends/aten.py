@@ -106,9 +106,12 @@ for _op, _overloads in {
 for _op in ("eq", "ne", "lt", "le", "gt", "ge"):
     _converts(getattr(aten, _op).Tensor, getattr(aten, _op).Scalar)(_compare(_op))
 
-_converts(aten.logical_and.default, aten.bitwise_and.Tensor, aten.bitwise_and.Scalar)(
-    _logical("logical_and")
-)
+_converts(
+    aten.logical_and.default,
+    aten.bitwise_and.Tensor,
+    aten.bitwise_and.Scalar,
+    aten.__and__.Tensor,
+)(_logical("logical_and"))
 _converts(aten.logical_or.default, aten.bitwise_or.Tensor, aten.bitwise_or.Scalar)(
     _logical("logical_or")
 )
@@ -126,6 +129,9 @@ for _op in (
     "erf",
     "sigmoid",
     "relu",
+    "silu",
+    "cos",
+    "sin",
 ):
     _converts(getattr(aten, _op).default)(_unary(_op))
 
@@ -185,8 +191,8 @@ def _clamp_max(cx: FxImporter, x: Any, max: Any) -> Value:
     return _clamp(cx, x, max=max)
 
 
-@_converts(aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout)
-def _to_copy(cx: FxImporter, x: Any, *dtype: Any, **layout: Any) -> Value:
+@_converts(aten._to_copy.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout)
+def _to_copy(cx: FxImporter, x: Any, *where: Any, **layout: Any) -> Value:
     """A cast when the dtype changes; device, layout and memory format mean nothing here."""
     return cx.operand(x, cx.out.dtype)
 
@@ -197,6 +203,7 @@ def _to_copy(cx: FxImporter, x: Any, *dtype: Any, **layout: Any) -> Value:
     aten.detach.default,
     aten.contiguous.default,
     aten.lift_fresh_copy.default,
+    aten.detach_.default,
 )
 def _identity(cx: FxImporter, x: Any, **memory_format: Any) -> Value:
     """Copies and aliases: values are immutable in the IR."""
@@ -222,6 +229,12 @@ def _matmul(cx: FxImporter, a: Any, b: Any) -> Value:
     if y.type.rank == 1:
         y = cx.g.call("reshape", y, shape=[y.shape[0], 1])
     return _reshape_to(cx, cx.g.call("matmul", x, y), cx.out.shape)
+
+
+@_converts(aten.baddbmm.default)
+def _baddbmm(cx: FxImporter, bias: Any, a: Any, b: Any, *, beta: Any = 1, alpha: Any = 1) -> Value:
+    """beta·bias + alpha·(a @ b) on batches (BLOOM adds its ALiBi bias to the scores so)."""
+    return _addmm(cx, bias, a, b, beta=beta, alpha=alpha)
 
 
 @_converts(aten.addmm.default)
@@ -267,6 +280,7 @@ def _slice_axis(cx: FxImporter, value: Value, axis: int, start: int, end: int, s
     aten.squeeze.dims,
     aten.unsqueeze.default,
     aten.flatten.using_ints,
+    aten.unflatten.int,
 )
 def _reshape(cx: FxImporter, x: Any, *shape_args: Any) -> Value:
     """Every view that keeps element order is a reshape to the static result shape."""
@@ -283,6 +297,11 @@ def _permute(cx: FxImporter, x: Any, dims: Sequence[int]) -> Value:
 def _t(cx: FxImporter, x: Any) -> Value:
     value = cx.value(x)
     return _transpose(cx, value, list(range(value.type.rank))[::-1])
+
+
+@_converts(aten.numpy_T.default)
+def _numpy_t(cx: FxImporter, x: Any) -> Value:
+    return _t(cx, x)
 
 
 @_converts(aten.transpose.int)
@@ -342,6 +361,14 @@ def _split(cx: FxImporter, x: Any, split_size: int, dim: int = 0) -> tuple:
     return _chunks(cx, x, dim, [min(split_size, total - s) for s in range(0, total, split_size)])
 
 
+@_converts(aten.chunk.default)
+def _chunk(cx: FxImporter, x: Any, chunks: int, dim: int = 0) -> tuple:
+    """torch.chunk: pieces of ceil(size / chunks), the last one smaller, maybe fewer pieces."""
+    total = cx.value(x).shape[dim]
+    size = -(-total // chunks)
+    return _chunks(cx, x, dim, [min(size, total - s) for s in range(0, total, size)])
+
+
 @_converts(aten.unbind.int)
 def _unbind(cx: FxImporter, x: Any, dim: int = 0) -> tuple:
     value = cx.value(x)
@@ -351,6 +378,34 @@ def _unbind(cx: FxImporter, x: Any, dim: int = 0) -> tuple:
         return _reshape_to(cx, _slice_axis(cx, value, axis, index, index + 1), cx.out.shape)
 
     return tuple(lambda i=i: item(i) for i in range(value.shape[axis]))
+
+
+@_converts(aten.repeat_interleave.self_int)
+def _repeat_interleave(
+    cx: FxImporter, x: Any, repeats: int, dim: int | None = None, *, output_size: Any = None
+) -> Value:
+    """Each slice along `dim` repeated `repeats` times in place (GPT-J's sin/cos tables, shared
+    key-value heads): a new axis after `dim`, expanded, then merged into it."""
+    value = cx.value(x)
+    if dim is None:
+        value, dim = _reshape_to(cx, value, (value.type.numel,)), 0
+    axis = dim % value.type.rank
+    shape = list(value.shape)
+    grown = cx.g.call("reshape", value, shape=[*shape[: axis + 1], 1, *shape[axis + 1 :]])
+    grown = cx.g.call("expand", grown, shape=[*shape[: axis + 1], repeats, *shape[axis + 1 :]])
+    return _reshape_to(cx, grown, cx.out.shape)
+
+
+@_converts(aten.stack.default)
+def _stack(cx: FxImporter, tensors: Sequence[Any], dim: int = 0) -> Value:
+    """Each tensor gains a unit axis at `dim`, then they are concatenated along it."""
+    dtype, rank = cx.out.dtype, cx.out.rank
+    axis = dim % rank
+    values = []
+    for t in tensors:
+        v = cx.operand(t, dtype)
+        values.append(_reshape_to(cx, v, (*v.shape[:axis], 1, *v.shape[axis:])))
+    return values[0] if len(values) == 1 else cx.g.call("concat", *values, axis=axis)
 
 
 @_converts(aten.cat.default)
@@ -468,6 +523,11 @@ def _reduce(op: str) -> Converter:
         return cx.g.call(op, value, axes=_axes(dim, value.type.rank), keepdim=keepdim)
 
     return convert
+
+
+@_converts(aten.cumsum.default)
+def _cumsum(cx: FxImporter, x: Any, dim: int, *, dtype: Any = None) -> Value:
+    return cx.g.call("cumsum", cx.operand(x, cx.out.dtype), axis=dim % cx.out.rank)
 
 
 _converts(aten.sum.dim_IntList, aten.sum.default)(_reduce("reduce_sum"))
@@ -753,6 +813,54 @@ def _repeat_heads(cx: FxImporter, x: Value, heads: int) -> Value:
     x = cx.g.call("reshape", x, shape=[*batch, kv_heads, 1, seq, width])
     x = cx.g.call("expand", x, shape=grouped)
     return cx.g.call("reshape", x, shape=[*batch, heads, seq, width])
+
+
+@_converts(aten._native_multi_head_attention.default)
+def _native_multi_head_attention(
+    cx: FxImporter,
+    query: Any,
+    key: Any,
+    value: Any,
+    embed_dim: int,
+    num_head: int,
+    qkv_weight: Any,
+    qkv_bias: Any,
+    proj_weight: Any,
+    proj_bias: Any,
+    mask: Any = None,
+    need_weights: bool = True,
+    average_attn_weights: bool = True,
+    mask_type: int | None = None,
+) -> tuple:
+    """nn.MultiheadAttention's fused fast path (batch first): the packed input projection,
+    attention and the output projection; a bool mask is True where a key is masked, [t, s]
+    (mask_type 0), [b, s] key padding (1) or [b, h, t, s]. Only the output is importable."""
+
+    def output() -> Value:
+        g, dtype = cx.g, cx.out.dtype
+        w, b = cx.operand(qkv_weight, dtype), cx.operand(qkv_bias, dtype)
+        projected = []
+        for i, x in enumerate((query, key, value)):
+            part = (i * embed_dim, (i + 1) * embed_dim)
+            w_i = _slice_axis(cx, w, 0, *part)
+            b_i = _slice_axis(cx, b, 0, *part)
+            y = g.call("matmul", cx.operand(x, dtype), _transpose(cx, w_i, [1, 0]))
+            projected.append(g.call("add", y, b_i))
+        operands = list(projected)
+        if mask is not None:
+            masked = cx.value(mask)
+            if masked.dtype == "bool":
+                if mask_type == 1:  # key padding [b, s]
+                    masked = _reshape_to(cx, masked, (masked.shape[0], 1, 1, masked.shape[1]))
+                inf, zero = cx.scalar(float("-inf"), dtype), cx.scalar(0.0, dtype)
+                masked = g.call("where", masked, inf, zero)
+            operands.append(masked)
+        attrs = {"num_heads": num_head, "scale": 1.0 / math.sqrt(embed_dim // num_head)}
+        attended = _decomposed(cx, "attention", operands, **attrs)
+        out = g.call("matmul", attended, _transpose(cx, cx.operand(proj_weight, dtype), [1, 0]))
+        return g.call("add", out, cx.operand(proj_bias, dtype))
+
+    return output, None
 
 
 @_converts(aten.scaled_dot_product_attention.default)

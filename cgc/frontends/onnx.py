@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import torch
@@ -337,7 +338,9 @@ def _python_scalar(array: np.ndarray, dtype: str) -> bool | int | float:
         return bool(item)
     if dtype[0] in "iu":
         return int(item)
-    return float(str(item))  # str() of a numpy float: shortest round trip in its own precision
+    shortest = float(str(item))  # str() of a numpy float: shortest round trip in its precision
+    # ... but str(finfo(f32).min) read as a double lies past f32's range, which torch refuses
+    return shortest if abs(shortest) <= float(ml_dtypes.finfo(array.dtype).max) else float(item)
 
 
 def _scope(node: onnx.NodeProto) -> str | None:

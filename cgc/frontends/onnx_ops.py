@@ -208,6 +208,8 @@ _UNARY = {
     "Erf": "erf",
     "Sigmoid": "sigmoid",
     "Relu": "relu",
+    "Cos": "cos",
+    "Sin": "sin",
     "Not": "logical_not",
 }
 _BINARY = {
@@ -405,6 +407,24 @@ def _layer_norm(n: OnnxNode) -> list[Operand]:
     return get_op("layer_norm").decompose(n.g, [x, *params], {"eps": n.attr("epsilon", 1e-5)})
 
 
+@converts("RMSNormalization")
+def _rms_norm(n: OnnxNode) -> list[Operand]:
+    x = n.value(0)
+    if _norm_axis(n.attr("axis", -1), x.type.rank, n) != x.type.rank - 1:
+        raise n.unsupported("normalisation over more than the last axis")
+    attrs = {"eps": n.attr("epsilon", 1e-5)}
+    return get_op("rms_norm").decompose(n.g, [x, n.value(1)], attrs)
+
+
+@converts("CumSum")
+def _cumsum(n: OnnxNode) -> list[Operand]:
+    if n.attr("exclusive", 0) or n.attr("reverse", 0):
+        raise n.unsupported("exclusive or reverse running sums")
+    x = n.value(0)
+    axis = _norm_axis(int(n.required_const(1, "axis")), x.type.rank, n)
+    return [n.call("cumsum", x, axis=axis)]
+
+
 @converts("Gelu")
 def _gelu(n: OnnxNode) -> list[Operand]:
     attrs = {"approximate": n.attr("approximate", "none")}
@@ -432,18 +452,24 @@ def _attention(n: OnnxNode) -> list[Operand]:
         if heads is None:
             raise ModelError(f"node '{n.name}' (Attention): 3-D inputs need q_num_heads")
         d_head = q.shape[2] // heads
-    if kv_heads != heads:
-        raise n.unsupported(f"grouped-query attention ({heads} query, {kv_heads} key heads)")
     causal = bool(n.attr("is_causal", 0))
     if causal and q.shape[1] != k.shape[1]:
         # ONNX aligns the causal mask to the top left, the IR to the bottom right.
         raise n.unsupported("causal attention with different query and key lengths")
     scale = n.attr("scale")
-    attrs = {"num_heads": heads, "causal": causal, "scale": scale or 1.0 / math.sqrt(d_head)}
+    attention = get_op("attention")
+    attrs = attention.complete_attrs(
+        {
+            "num_heads": heads,
+            "num_kv_heads": kv_heads,
+            "causal": causal,
+            "scale": scale or 1.0 / math.sqrt(d_head),
+        }
+    )
     inputs = [q, k, v]
     if n.has(3):
         inputs.append(_additive_mask(n, q.dtype))
-    out = get_op("attention").decompose(n.g, inputs, attrs)[0]
+    out = attention.decompose(n.g, inputs, attrs)[0]
     if four_d:
         b, t, e = out.shape
         out = n.call("reshape", out, shape=[b, t, heads, e // heads])
@@ -608,6 +634,32 @@ def _split(n: OnnxNode) -> list[Operand]:
         _slice_axis(n, x, axis, int(lo), int(hi), 1)
         for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)
     ]
+
+
+@converts("GatherND")
+def _gather_nd(n: OnnxNode) -> list[Operand]:
+    """Elements or slices picked by constant index tuples (Hugging Face's mask builders index
+    the padding mask with aranges): a gather of rows of the data viewed as [rows, rest], or a
+    reshape when every row is picked in order."""
+    if n.attr("batch_dims", 0):
+        raise n.unsupported("batch_dims")
+    indices = n.required_const(1, "indices").astype(np.int64)
+    x = n.value(0)
+    depth = indices.shape[-1]
+    dims = x.shape[:depth]
+    rows = np.zeros(indices.shape[:-1], dtype=np.int64)
+    for axis, size in enumerate(dims):
+        rows = rows * size + indices[..., axis] % size
+    rest = x.shape[depth:]
+    count = math.prod(dims)
+    if rows.size == count and np.array_equal(rows.reshape(-1), np.arange(count)):
+        return [_reshaped(n, x, [*rows.shape, *rest])]
+    table = _reshaped(n, x, [count, math.prod(rest)])
+    ids = n.constant(rows, "rows")
+    gathered = n.call("embedding", table, ids) if x.type.is_float else None
+    if gathered is None:
+        raise n.unsupported(f"gathering {x.type.dtype} elements in another order")
+    return [_reshaped(n, gathered, [*rows.shape, *rest])]
 
 
 @converts("Gather")

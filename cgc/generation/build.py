@@ -41,14 +41,21 @@ class StepGraphs:
         return self.decode.outputs[0].shape[-1]
 
 
-def context_length(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> int:
-    """The positions a model has: from its config or attributes, else its example length."""
+def declared_context(module: torch.nn.Module) -> int | None:
+    """The positions a model's config or attributes declare, or None (ALiBi models such as
+    BLOOM declare none: they have no position table)."""
     for owner in (getattr(module, "config", None), module):
         for attr in _CONTEXT_ATTRS:
             value = getattr(owner, attr, None)
             if isinstance(value, int) and value > 0:
                 return value
-    return example_inputs[0].shape[-1]
+    return None
+
+
+def context_length(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> int:
+    """The positions a model has: from its config or attributes, else its example length."""
+    declared = declared_context(module)
+    return example_inputs[0].shape[-1] if declared is None else declared
 
 
 def trace_step_graphs(

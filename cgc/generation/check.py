@@ -17,7 +17,7 @@ import torch
 
 from cgc.check import Tolerance
 from cgc.errors import InputError
-from cgc.generation.build import context_length, trace_step_graphs
+from cgc.generation.build import declared_context, trace_step_graphs
 from cgc.generation.loop import generate
 from cgc.generation.sampling import Sampler
 from cgc.generation.steps import step_program
@@ -123,9 +123,9 @@ def check_generation(
     against eager full recomputation. `options` go to a backend's step program (the wafer's
     target and precision); `tolerances` give a target its own (rtol, atol)."""
     prompts = [list(p) for p in prompts]
-    context = context_length(module, (torch.tensor([prompts[0]]),))
+    context = declared_context(module)
     longest = max(map(len, prompts))
-    if longest + new_tokens > context:
+    if context is not None and longest + new_tokens > context:
         raise InputError(
             f"--generate {new_tokens} after a {longest}-token prompt passes the model's context "
             f"of {context} positions"

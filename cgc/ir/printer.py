@@ -6,9 +6,10 @@
       return %embedding
     }
 
-`trainable` marks the parameters training updates. Attributes follow the operands in `{...}`;
-node meta (scope, source line, stage) follows the result types in `#{...}`. Meta keys starting
-with `_` are private to a pass and not printed.
+`trainable` marks the parameters training updates. Attributes follow the operands in `{...}`
+(but for those an op elides at their default, see `OpDef.elide`); node meta (scope, source
+line, stage) follows the result types in `#{...}`. Meta keys starting with `_` are private to a
+pass and not printed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 from typing import Any
 
 from cgc.ir.graph import Graph, Node
+from cgc.ir.ops import get_op
 
 
 def format_attr(value: Any) -> str:
@@ -60,8 +62,9 @@ def format_node(node: Node) -> str:
     outs = ", ".join(f"%{v.name}" for v in node.outputs)
     ins = ", ".join(f"%{v.name}" for v in node.inputs)
     line = f"{outs} = {node.op}({ins})"
-    if node.attrs:
-        line += " " + format_dict(node.attrs)
+    attrs = get_op(node.op).shown_attrs(node.attrs)
+    if attrs:
+        line += " " + format_dict(attrs)
     line += " : " + ", ".join(str(v.type) for v in node.outputs)
     meta = {k: v for k, v in node.meta.items() if not k.startswith("_") and _plain(v)}
     if meta:

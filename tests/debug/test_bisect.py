@@ -61,11 +61,12 @@ def test_bisect_names_the_wrong_pass_its_rewrite_and_the_first_bad_node(
     assert lines[:6] == [
         "tiny-111m: inputs [1, 8]; outputs of the interpreter against eager PyTorch; "
         "tolerance |got - ref| <= 0.0001 + 0.0001·|ref|",
-        "pipeline: canonicalize,fuse-attention,fuse-layer-norm,fuse-gelu,fuse-linear,"
-        "fuse-cross-entropy,canonicalize,drop-attention-scale (8 passes)",
+        "pipeline: canonicalize,fuse-layer-norm,fuse-rms-norm,fuse-rotary-embedding,"
+        "fuse-attention,fuse-gelu,fuse-linear,fuse-swiglu,fuse-cross-entropy,canonicalize,"
+        "drop-attention-scale (11 passes)",
         lines[2],  # the input graph's error, which depends on the platform's float rounding
-        "within tolerance after pass 7: canonicalize",
-        "first bad pass: drop-attention-scale (pass 8 of 8; rewrites #30..#31)",
+        "within tolerance after pass 10: canonicalize",
+        "first bad pass: drop-attention-scale (pass 11 of 11; rewrites #30..#31)",
         "first bad rewrite: #30 (drop-scale), rewrite 1 of 2 in drop-attention-scale; "
         "reproduce with rewrite_limit=30",
     ]

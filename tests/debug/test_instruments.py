@@ -21,8 +21,10 @@ from cgc.passes import (
 )
 
 DEFAULT = DEFAULT_PIPELINE.split(",")
-# The tiny model returns logits, so fuse-cross-entropy finds no loss: every other pass changes it.
-CHANGING = [(i, name) for i, name in enumerate(DEFAULT, 1) if name != "fuse-cross-entropy"]
+# The tiny model returns logits (fuse-cross-entropy finds no loss) and has no RMS norm, rotary
+# embedding or SwiGLU: every other pass changes it.
+UNCHANGED = ("fuse-rms-norm", "fuse-rotary-embedding", "fuse-swiglu", "fuse-cross-entropy")
+CHANGING = [(i, name) for i, name in enumerate(DEFAULT, 1) if name not in UNCHANGED]
 LAST = f"({len(DEFAULT)}/{len(DEFAULT)}) //----- //\n"
 DUMP = re.compile(r"^// -----// IR Dump (Before|After) (\S+)( Failed)? \((\d+)/(\d+)\) //----- //$")
 TIME_ROW = re.compile(r"^\s+(\d+\.\d{4}) \(\s*(\d+\.\d)%\)  (.+)$")
@@ -52,7 +54,7 @@ def test_changed_is_truthful_on_the_default_pipeline(tiny) -> None:
     pm.before_pass.append(lambda p, g, ctx: texts.append(str(g)))
     pm.after_pass.append(lambda p, g, r, ctx: seen.append((p.name, r.changed, str(g) != texts[-1])))
     pm.run(tiny.graph())
-    changes = [name != "fuse-cross-entropy" for name in DEFAULT]
+    changes = [name not in UNCHANGED for name in DEFAULT]
     assert seen == [(name, c, c) for name, c in zip(DEFAULT, changes, strict=True)] + [
         (name, False, False) for name in DEFAULT
     ]
@@ -84,13 +86,15 @@ def test_after_change_skips_passes_that_change_nothing(tiny, tmp_path, cgc) -> N
     assert times[-1] == pytest.approx(sum(times[:-1]), abs=1e-3)
     stats = result.stderr[result.stderr.index("Pass statistics report") :]
     assert "canonicalize  (changed; nodes 137 -> 126; 11 rewrites)\n  (S) 9 cse\n" in stats
-    assert "fuse-attention  (changed; nodes 126 -> 100; 2 rewrites)\n  (S) 2 attention\n" in stats
+    assert "fuse-attention  (changed; nodes 85 -> 59; 2 rewrites)\n  (S) 2 attention\n" in stats
+    assert "fuse-rms-norm  (unchanged; nodes 85 -> 85; 0 rewrites)\n" in stats
     assert (
         "fuse-linear  (changed; nodes 48 -> 31; 9 rewrites)\n  (S) 1 linear\n  (S) 8 linear-bias\n"
     ) in stats
     assert "canonicalize  (changed; nodes 31 -> 31; 0 rewrites)\n  (S) 1 dead-param\n" in stats
-    # fuse-cross-entropy in the first run, then every pass of the second
-    assert stats.count("(unchanged; nodes 31 -> 31; 0 rewrites)") == 1 + len(DEFAULT)
+    # fuse-swiglu and fuse-cross-entropy of the first run (the others unchanged there run on
+    # more nodes), then every pass of the second
+    assert stats.count("(unchanged; nodes 31 -> 31; 0 rewrites)") == 2 + len(DEFAULT)
 
 
 def test_print_ir_before_and_after_named_passes(tiny, tmp_path, cgc) -> None:
@@ -100,11 +104,12 @@ def test_print_ir_before_and_after_named_passes(tiny, tmp_path, cgc) -> None:
         "--print-ir-before", "fuse-gelu", "--print-ir-after", "fuse-gelu,canonicalize",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    gelu, last = DEFAULT.index("fuse-gelu") + 1, len(DEFAULT)
     assert dumps(result.stderr) == [
         ("After", "canonicalize", 1),
-        ("Before", "fuse-gelu", 4),
-        ("After", "fuse-gelu", 4),
-        ("After", "canonicalize", len(DEFAULT)),
+        ("Before", "fuse-gelu", gelu),
+        ("After", "fuse-gelu", gelu),
+        ("After", "canonicalize", last),
     ]
     assert result.stdout == result.stderr.split(LAST)[1].rstrip("\n") + "\n"
 
@@ -141,7 +146,7 @@ def test_unknown_pass_names_in_print_flags_are_input_errors(tiny, tmp_path, cgc)
 
 def test_dump_dir_writes_every_stage_to_numbered_files(tiny, tmp_path) -> None:
     (tmp_path / "dump").mkdir()
-    (tmp_path / "dump" / "09-stale.cgc").write_text("from an earlier run")
+    (tmp_path / "dump" / "12-stale.cgc").write_text("from an earlier run")
     (tmp_path / "dump" / "notes.cgc").write_text("not a stage")
     pm = PassManager("default")
     dumper = DumpStages(tmp_path / "dump").attach(pm)
@@ -150,12 +155,15 @@ def test_dump_dir_writes_every_stage_to_numbered_files(tiny, tmp_path) -> None:
     assert names == [
         "00-input.cgc",
         "01-canonicalize.cgc",
-        "02-fuse-attention.cgc",
-        "03-fuse-layer-norm.cgc",
-        "04-fuse-gelu.cgc",
-        "05-fuse-linear.cgc",
-        "06-fuse-cross-entropy.cgc",
-        "07-canonicalize.cgc",
+        "02-fuse-layer-norm.cgc",
+        "03-fuse-rms-norm.cgc",
+        "04-fuse-rotary-embedding.cgc",
+        "05-fuse-attention.cgc",
+        "06-fuse-gelu.cgc",
+        "07-fuse-linear.cgc",
+        "08-fuse-swiglu.cgc",
+        "09-fuse-cross-entropy.cgc",
+        "10-canonicalize.cgc",
         "notes.cgc",
     ]
     assert (
@@ -165,7 +173,8 @@ def test_dump_dir_writes_every_stage_to_numbered_files(tiny, tmp_path) -> None:
     )
     assert str(parse(dumper.files[0].read_text())) == str(tiny.traced)
     assert str(parse(dumper.files[-1].read_text())) == str(graph)
-    assert dumper.files[2].read_text().startswith("// after pass 2/7 fuse-attention (changed)\n")
+    assert dumper.files[2].read_text().startswith("// after pass 2/10 fuse-layer-norm (changed)\n")
+    assert dumper.files[3].read_text().startswith("// after pass 3/10 fuse-rms-norm (unchanged)\n")
 
 
 class BreakTypes(Pass):

@@ -495,9 +495,9 @@ def test_wide_meta_model_allocates_no_weights() -> None:
 # -- errors -------------------------------------------------------------------------------------
 
 
-class Cumsum(nn.Module):
+class Cumprod(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cumsum(x, dim=-1)  # cumsum
+        return torch.cumprod(x, dim=-1)  # cumprod
 
 
 class DataDependent(nn.Module):
@@ -510,9 +510,9 @@ class DataDependent(nn.Module):
 def test_unsupported_op_names_op_and_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(HERE)
     with pytest.raises(UnsupportedOpError) as info:
-        trace(Cumsum(), (randn(2, 3),))
+        trace(Cumprod(), (randn(2, 3),))
     assert str(info.value) == (
-        f"unsupported operation aten.cumsum at test_fx.py:{line_of('cumsum')}"
+        f"unsupported operation aten.cumprod at test_fx.py:{line_of('cumprod')}"
         " (in the top-level module)"
     )
 
@@ -539,3 +539,39 @@ def test_data_dependent_control_flow_is_a_model_error() -> None:
     message = str(info.value)
     assert message.startswith("torch.export failed: Could not guard on data-dependent expression")
     assert "\n" not in message
+
+
+class NativeMultiHeadAttention(nn.Module):
+    """nn.MultiheadAttention's fused fast path, called as its forward calls it."""
+
+    def __init__(self, mask_type: int) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.mask_type = mask_type
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        a = self.mha
+        return aten._native_multi_head_attention(
+            x, x, x, 16, 4, a.in_proj_weight, a.in_proj_bias, a.out_proj.weight,
+            a.out_proj.bias, mask, False, True, self.mask_type,
+        )[0]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mask_type", "mask"),
+    [
+        (0, torch.ones(5, 5, dtype=torch.bool).triu(1)),  # [t, s], True = masked
+        (1, torch.tensor([[False] * 5, [True, True, False, False, False]])),  # key padding
+    ],
+    ids=["attn-mask", "key-padding"],
+)
+def test_native_multi_head_attention_fuses(mask_type: int, mask: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = NativeMultiHeadAttention(mask_type).eval()
+    x = randn(2, 5, 16)
+    graph = driver.run_passes(trace(model, (x, mask)), "default")
+    counts = graph.op_counts()
+    assert (counts["attention"], counts["linear"]) == (1, 4) and "softmax" not in counts
+    with torch.no_grad():
+        want = model(x, mask)
+    torch.testing.assert_close(interpret(graph, x, mask)[0], want, atol=1e-5, rtol=1e-5)

@@ -383,13 +383,42 @@ SINGLE_OPS = {
         {n: _rng.standard_normal((1, 2, 5, 4)).astype(np.float32) for n in "qkv"},
         {"m": np.tril(np.ones((5, 5), bool))},
     ),
+    "attention-grouped-query": (
+        helper.make_node(
+            "Attention", ["q", "k", "v"], ["y"], q_num_heads=4, kv_num_heads=2, is_causal=1
+        ),
+        {
+            "q": _rng.standard_normal((1, 5, 16)).astype(np.float32),
+            "k": _rng.standard_normal((1, 5, 8)).astype(np.float32),
+            "v": _rng.standard_normal((1, 5, 8)).astype(np.float32),
+        },
+        {},
+    ),
+    "rms-norm": (
+        helper.make_node("RMSNormalization", ["x", "w"], ["y"], epsilon=1e-3),
+        {"x": _X},
+        {"w": _rng.standard_normal(4).astype(np.float32)},
+    ),
+    "cos": (helper.make_node("Cos", ["x"], ["y"]), {"x": _X}, {}),
+    "sin": (helper.make_node("Sin", ["x"], ["y"]), {"x": _X}, {}),
+    "cumsum": (helper.make_node("CumSum", ["x", "a"], ["y"]), {"x": _X}, {"a": _i64(1)}),
+    "gather-nd-rows-in-order": (  # Hugging Face's mask builders: every element, in order
+        helper.make_node("GatherND", ["x", "i"], ["y"]),
+        {"x": _X[0]},
+        {"i": np.stack(np.meshgrid(np.arange(3), np.arange(4), indexing="ij"), -1)},
+    ),
+    "gather-nd-rows": (
+        helper.make_node("GatherND", ["x", "i"], ["y"]),
+        {"x": _X},
+        {"i": _i64([[[1, 2], [0, 0]]])},
+    ),
 }
 
 
 @pytest.mark.parametrize("case", SINGLE_OPS)
 def test_single_op_matches_onnxruntime(tmp_path, case):
     node, inputs, initializers = SINGLE_OPS[case]
-    opset = 23 if node.op_type == "Attention" else 20
+    opset = 23 if node.op_type in ("Attention", "RMSNormalization") else 20
     path = _single_op_model(tmp_path / "m.onnx", node, inputs, initializers, opset)
     graph = load_onnx(path)
     verify(graph)
@@ -472,10 +501,10 @@ def test_unsupported_ops_are_named_with_their_node(tmp_path):
         " in m.onnx; cgc imports the ops listed in cgc/frontends/onnx_ops.py, and any op whose"
         " inputs are constants"
     )
-    cos = helper.make_node("Cos", ["x"], ["y"], name="bar")
+    tan = helper.make_node("Tan", ["x"], ["y"], name="bar")
     with pytest.raises(UnsupportedOpError) as e:
-        load_onnx(_single_op_model(tmp_path / "m.onnx", cos, x, {}))
-    assert str(e.value) == "unsupported ONNX op 'Cos' at node 'bar'" + suffix
+        load_onnx(_single_op_model(tmp_path / "m.onnx", tan, x, {}))
+    assert str(e.value) == "unsupported ONNX op 'Tan' at node 'bar'" + suffix
     foo = helper.make_node("Foo", ["x"], ["y"], name="bar")
     with pytest.raises(UnsupportedOpError) as e:
         load_onnx(_single_op_model(tmp_path / "m.onnx", foo, x, {}))

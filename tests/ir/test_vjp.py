@@ -24,7 +24,9 @@ class T:
 
     shape: tuple[int, ...]
     dtype: str = "f64"
-    fill: str = "normal"  # normal | positive | ties | ids:N | bool | lower (a causal keep mask)
+    # normal | positive | ties | ids:N | bool | padding (an additive mask) | fixed (a table of
+    # constants, such as rotary angles: not trained)
+    fill: str = "normal"
 
     def make(self, gen: torch.Generator) -> torch.Tensor:
         dtype = TensorType(self.shape, self.dtype).torch_dtype
@@ -62,7 +64,8 @@ def _padding_mask() -> T:
     return t(1, 1, 4, 4, fill="padding")
 
 
-UNARY = ["neg", "abs", "exp", "tanh", "erf", "sigmoid", "relu", "cos", "sin"]
+UNARY = ["neg", "abs", "exp", "tanh", "erf", "sigmoid", "relu", "cos", "sin", "silu"]
+FIXED = "fixed"
 POSITIVE = ["log", "sqrt", "rsqrt", "reciprocal"]
 REDUCE = ["reduce_sum", "reduce_mean"]
 
@@ -121,11 +124,33 @@ SAMPLES: dict[str, list[Case]] = {
         case(t(2, 4, 6), t(2, 4, 6), t(2, 4, 4), causal=True, **ATTN),
         case(t(1, 4, 6), t(1, 4, 6), t(1, 4, 6), _padding_mask(), causal=True, **ATTN),
         case(t(1, 3, 6), t(1, 5, 6), t(1, 5, 6), causal=True, **ATTN),
+        # 4 query heads sharing 2 key-value heads; multi-query with a padding mask
+        case(
+            t(2, 4, 8), t(2, 4, 4), t(2, 4, 4), causal=True, num_heads=4, num_kv_heads=2, scale=0.4
+        ),
+        case(t(1, 4, 6), t(1, 4, 3), t(1, 4, 3), _padding_mask(), num_kv_heads=1, **ATTN),
+        case(t(1, 5, 6), t(1, 5, 6), t(1, 5, 6), causal=True, window=2, **ATTN),
+        case(t(1, 4, 6), t(1, 4, 6), t(1, 4, 6), causal=True, alibi_slopes=[0.5, 0.25], **ATTN),
     ],
     "attention_lse": [
         case(t(2, 4, 6), t(2, 4, 6), t(2, 4, 6), causal=True, **ATTN),
         case(t(1, 4, 6), t(1, 4, 6), t(1, 4, 6), _padding_mask(), causal=False, **ATTN),
+        case(t(1, 4, 8), t(1, 4, 4), t(1, 4, 4), causal=True, num_kv_heads=1, **ATTN),
     ],
+    "cumsum": [case(t(2, 3, 4), axis=1), case(t(5), axis=0)],
+    "rms_norm": [case(t(2, 3, 6), t(6), eps=1e-5), case(t(3, 6), eps=1e-3)],
+    "rotary_embedding": [
+        case(t(2, 4, 8), t(4, 2, fill=FIXED), t(4, 2, fill=FIXED), num_heads=2, rotary_dim=4),
+        case(
+            t(2, 4, 8),
+            t(2, 4, 2, fill=FIXED),
+            t(2, 4, 2, fill=FIXED),
+            num_heads=2,
+            rotary_dim=4,
+            interleaved=True,
+        ),
+    ],
+    "swiglu": [case(t(2, 3, 4), t(5, 4), t(5, 4)), case(t(3, 4), t(2, 4), t(2, 4))],
     "cross_entropy": [
         case(t(6, 5), t(6, dtype="i64", fill="ids:5"), ignore_index=2, reduction="mean"),
         case(t(6, 5), t(6, dtype="i32", fill="ids:5"), ignore_index=-100, reduction="sum"),
@@ -181,7 +206,10 @@ def test_vjp_matches_torch_autograd(op: str, sample: Case) -> None:
     g = Graph("vjp")
     operands = [
         g.add_param(
-            f"x{i}", TensorType.of(x), x, trainable=x.is_floating_point() and spec.fill != "padding"
+            f"x{i}",
+            TensorType.of(x),
+            x,
+            trainable=x.is_floating_point() and spec.fill not in ("padding", FIXED),
         )
         for i, (x, spec) in enumerate(zip(data, sample.operands, strict=True))
     ]

@@ -249,3 +249,67 @@ def test_transpose_moving_the_flattened_batch_stays(rewrite_text) -> None:
         args="%k: f32[2,3,4,8]",
     )
     assert rewrite_text(text, "canonicalize") == text
+
+
+def test_bmm_attention_scores_lose_their_flattened_batch(rewrite_text, same_numerics) -> None:
+    """BLOOM: baddbmm(alibi, q, kᵀ) on [b·h, t, d] views, then viewed back to [b, h, t, s]."""
+    text = body(
+        "  %fq = reshape(%q) {shape=[6, 4, 8]} : f32[6,4,8]\n"
+        "  %fk = reshape(%k) {shape=[6, 4, 8]} : f32[6,4,8]\n"
+        "  %kt = transpose(%fk) {perm=[0, 2, 1]} : f32[6,8,4]\n"
+        "  %s = matmul(%fq, %kt) : f32[6,4,4]\n"
+        '  %c = constant() {dtype="f32", shape=[], value=0.5} : f32[]\n'
+        "  %sc = mul(%s, %c) : f32[6,4,4]\n"
+        "  %fa = reshape(%a) {shape=[6, 1, 4]} : f32[6,1,4]\n"
+        "  %sa = add(%fa, %sc) : f32[6,4,4]\n"
+        "  %y = reshape(%sa) {shape=[2, 3, 4, 4]} : f32[2,3,4,4]\n",
+        "%y",
+        args="%q: f32[2,3,4,8], %k: f32[2,3,4,8], %a: f32[2,3,4]",
+    )
+    assert rewrite_text(text, "canonicalize") == body(
+        "  %transpose = transpose(%k) {perm=[0, 1, 3, 2]} : f32[2,3,8,4]\n"
+        "  %matmul = matmul(%q, %transpose) : f32[2,3,4,4]\n"
+        '  %c = constant() {dtype="f32", shape=[], value=0.5} : f32[]\n'
+        "  %mul = mul(%matmul, %c) : f32[2,3,4,4]\n"
+        "  %reshape = reshape(%a) {shape=[2, 3, 1, 4]} : f32[2,3,1,4]\n"
+        "  %y = add(%reshape, %mul) : f32[2,3,4,4]\n",
+        "%y",
+        args="%q: f32[2,3,4,8], %k: f32[2,3,4,8], %a: f32[2,3,4]",
+    )
+    same_numerics(parse(text), "canonicalize")
+
+
+def test_a_unit_axis_merged_into_the_batch_is_no_flattened_batch(rewrite_text) -> None:
+    """GQA's repeat views [b, n, 1, s, d] as [b, n, s, d]: nothing to move."""
+    text = body(
+        "  %e = expand(%k) {shape=[2, 1, 3, 4, 8]} : f32[2,1,3,4,8]\n"
+        "  %r = reshape(%e) {shape=[2, 3, 4, 8]} : f32[2,3,4,8]\n"
+        "  %y = transpose(%r) {perm=[0, 1, 3, 2]} : f32[2,3,8,4]\n",
+        "%y",
+        args="%k: f32[2,1,1,4,8]",
+    )
+    assert rewrite_text(text, "canonicalize") == text
+
+
+def test_slices_of_a_weight_become_weights(run_pipeline) -> None:
+    """nn.MultiheadAttention's cross-attention splits its packed in_proj weight."""
+    text = body(
+        "  %wq = slice(%w) {axis=0, end=4, start=0, step=1} : f32[4,3]\n"
+        "  %wkv = slice(%w) {axis=0, end=12, start=4, step=1} : f32[8,3]\n"
+        "  %q = linear(%x, %wq) : f32[2,4]\n"
+        "  %kv = linear(%x, %wkv) : f32[2,8]\n",
+        "%q, %kv",
+        args="%x: f32[2,3]",
+        params="  param %w: f32[12,3]\n",
+    )
+    g = parse(text)
+    w = torch.randn(12, 3)
+    g.weights["w"] = w
+    run_pipeline(g, "canonicalize")
+    assert str(g) == body(
+        "  %q = linear(%x, %w.slice) : f32[2,4]\n  %kv = linear(%x, %w.slice_1) : f32[2,8]\n",
+        "%q, %kv",
+        args="%x: f32[2,3]",
+        params="  param %w.slice: f32[4,3]\n  param %w.slice_1: f32[8,3]\n",
+    )
+    assert torch.equal(g.weights["w.slice"], w[:4]) and torch.equal(g.weights["w.slice_1"], w[4:])

@@ -79,6 +79,13 @@ def test_hugging_face_gpt2_fuses_completely(
     assert stages == STAGES
     assert_fully_fused(g, 2)
     assert [n.attrs for n in g.nodes if n.op == "attention"] == [
-        {"num_heads": 3, "causal": True, "scale": pytest.approx(10**-0.5)}
+        {
+            "num_heads": 3,
+            "causal": True,
+            "scale": pytest.approx(10**-0.5),
+            "num_kv_heads": 3,
+            "window": 0,
+            "alibi_slopes": [],
+        }
     ] * 2
     assert {n.attrs["approximate"] for n in g.nodes if n.op == "gelu"} == {approximate}

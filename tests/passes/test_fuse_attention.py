@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cgc.ir import Graph, TensorType, interpret, parse
+from cgc.ir import Graph, TensorType, get_op, interpret, parse
 from cgc.passes import explain
 from cgc.passes.fuse_attention import attention_rule
 
@@ -102,7 +102,14 @@ def test_registry_decomposition_with_an_additive_mask_keeps_it(decomposed, same_
     same_numerics(g, "fuse-attention,canonicalize")
     assert fused_attention(g) == (
         ["q", "k", "v", "mask"],
-        {"num_heads": 2, "causal": True, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": True,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
     assert g.op_counts() == {"attention": 1}
 
@@ -172,7 +179,14 @@ def test_mask_forms_fuse(same_numerics, variant) -> None:
     causal = variant != "no mask"
     assert fused_attention(g) == (
         ["q", "k", "v"],
-        {"num_heads": 2, "causal": causal, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": causal,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
     assert g.op_counts() == {"attention": 1}
 
@@ -206,10 +220,10 @@ NOT_FUSED = {
         dict(mask="keep", mask_data=tril(), return_probs=True),
         "at %softmax: also used outside the match, by the graph outputs",
     ),
-    "multi-query k": (
+    "k with fewer heads than v": (
         dict(kv_heads=1),
-        "at %reshape_3: constraint failed: q, k and v split into the same batch and number of "
-        "heads",
+        "at %reshape_3: constraint failed: q, k and v share the batch, and k and v a number of"
+        " heads that divides q's",
     ),
 }
 
@@ -234,7 +248,14 @@ def test_a_non_causal_additive_mask_becomes_the_mask_operand(same_numerics) -> N
     g = same_numerics(hand_written(mask="add", mask_data=data), "fuse-attention,canonicalize")
     assert fused_attention(g) == (
         ["q", "k", "v", "bias.expand"],
-        {"num_heads": 2, "causal": False, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
 
 
@@ -243,7 +264,14 @@ def test_a_non_causal_where_mask_becomes_an_additive_mask_operand(same_numerics)
     g = same_numerics(g, "fuse-attention,canonicalize")
     assert fused_attention(g) == (
         ["q", "k", "v", "keep.where"],
-        {"num_heads": 2, "causal": False, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
     additive = torch.zeros(T, T).masked_fill(~tril().T, -torch.inf)
     assert torch.equal(g.weights["keep.where"], additive)
@@ -257,7 +285,14 @@ def test_a_meta_where_mask_becomes_an_additive_mask_operand(run_pipeline) -> Non
     assert [i.producer.attrs["value"] for i in where.inputs[1:]] == [float("-inf"), 0.0]
     assert fused_attention(g) == (
         ["q", "k", "v", where.output.name],
-        {"num_heads": 2, "causal": False, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
 
 
@@ -266,7 +301,14 @@ def test_a_meta_additive_mask_becomes_the_mask_operand(run_pipeline) -> None:
     g = run_pipeline(hand_written(mask="add", mask_data=meta), "fuse-attention")
     assert fused_attention(g) == (
         ["q", "k", "v", "expand"],
-        {"num_heads": 2, "causal": False, "scale": 0.5},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.5,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
 
 
@@ -331,7 +373,14 @@ def test_nan_guard_with_a_finite_mask_fuses_keeping_the_mask(same_numerics) -> N
     g = same_numerics(onnx_sdpa(torch.randn(1, 1, T, T)), "canonicalize,fuse-attention")
     assert fused_attention(g) == (
         ["q", "k", "v", "bias"],
-        {"num_heads": 2, "causal": False, "scale": 0.25},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.25,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
 
 
@@ -341,7 +390,14 @@ def test_nan_guard_with_a_mask_that_may_mask_whole_rows_fuses(run_pipeline) -> N
     g = run_pipeline(g, "canonicalize,fuse-attention,canonicalize")
     assert fused_attention(g) == (
         ["q", "k", "v", "bias"],
-        {"num_heads": 2, "causal": False, "scale": 0.25},
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.25,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [],
+        },
     )
 
 
@@ -449,3 +505,163 @@ def test_hugging_face_padding_queries_stay_finite(run_pipeline, form: str) -> No
         assert torch.equal(padding, torch.zeros_like(padding))
     else:
         torch.testing.assert_close(padding, v[1].mean(0).expand(2, E))
+
+
+# -- grouped heads, windows, ALiBi, cross-attention, bmm ---------------------------------------
+
+# Each variant of the op, decomposed as the frontends emit it, fuses back to exactly itself.
+ROUND_TRIPS = {
+    "grouped-query": (
+        "f32[2,6,16]", "f32[2,6,8]", "{causal=true, num_heads=4, num_kv_heads=2, scale=0.5}"
+    ),
+    "multi-query": (
+        "f32[2,6,16]", "f32[2,6,4]", "{causal=false, num_heads=4, num_kv_heads=1, scale=0.5}"
+    ),
+    "sliding window": (
+        "f32[2,6,16]",
+        "f32[2,6,8]",
+        "{causal=true, num_heads=4, num_kv_heads=2, scale=0.5, window=3}",
+    ),
+    "ALiBi": (
+        "f32[2,6,16]",
+        "f32[2,6,16]",
+        "{alibi_slopes=[0.5, 0.25, 0.125, 0.0625], causal=true, num_heads=4, scale=0.5}",
+    ),
+    "cross": ("f32[2,4,16]", "f32[2,7,16]", "{causal=false, num_heads=4, scale=0.5}"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", sorted(ROUND_TRIPS))
+def test_decomposed_variants_fuse_back(same_numerics, variant) -> None:
+    q_type, kv_type, attrs = ROUND_TRIPS[variant]
+    text = (
+        f"graph @g(%q: {q_type}, %k: {kv_type}, %v: {kv_type}) {{\n"
+        f"  %y = attention(%q, %k, %v) {attrs} : {q_type}\n  return %y\n}}\n"
+    )
+    (node,) = parse(text).nodes
+    g = Graph("g")
+    values = [g.add_input(v.name, v.type) for v in node.inputs]
+    g.outputs = get_op("attention").decompose(g, values, node.attrs)
+    g.rename(g.outputs[0], "y")
+    same_numerics(g, "fuse-attention,canonicalize")
+    assert str(g) == text
+
+
+def grouped(kv_heads: int, repeat: bool) -> Graph:
+    """HF's repeat_kv (view, expand, view) or SDPA broadcasting one key head over the queries."""
+    g = Graph("gqa")
+    q = g.add_input("q", TensorType((B, T, 4 * D), "f32"))
+    k, v = (g.add_input(n, TensorType((B, T, kv_heads * D), "f32")) for n in "kv")
+
+    def heads(x, n):
+        return g.call("transpose", g.call("reshape", x, shape=[B, T, n, D]), perm=[0, 2, 1, 3])
+
+    def shared(x):
+        if not repeat:
+            return x
+        x = g.call("reshape", x, shape=[B, kv_heads, 1, T, D])
+        x = g.call("expand", x, shape=[B, kv_heads, 4 // kv_heads, T, D])
+        return g.call("reshape", x, shape=[B, 4, T, D])
+
+    kt = g.call("transpose", shared(heads(k, kv_heads)), perm=[0, 1, 3, 2])
+    s = g.call("mul", g.call("matmul", heads(q, 4), kt), g.constant(0.5))
+    p = g.call("softmax", s, axis=-1)
+    out = g.call("matmul", p, shared(heads(v, kv_heads)))
+    g.outputs = [g.call("reshape", g.call("transpose", out, perm=[0, 2, 1, 3]), shape=[B, T, 16])]
+    return g
+
+
+@pytest.mark.parametrize(
+    ("kv_heads", "repeat"), [(2, True), (1, True), (1, False)], ids=["gqa", "mqa", "broadcast"]
+)
+def test_shared_key_value_heads_fuse(same_numerics, kv_heads, repeat) -> None:
+    g = same_numerics(grouped(kv_heads, repeat), "fuse-attention,canonicalize")
+    (node,) = g.nodes
+    assert (node.op, node.attrs["num_heads"], node.attrs["num_kv_heads"]) == (
+        "attention",
+        4,
+        kv_heads,
+    )
+    assert [v.name for v in node.inputs] == ["q", "k", "v"]
+
+
+def test_a_sliding_window_mask_sets_window(same_numerics) -> None:
+    keep = torch.ones(T, T, dtype=torch.bool).tril() & ~torch.ones(T, T, dtype=torch.bool).tril(-3)
+    g = same_numerics(hand_written(mask="keep", mask_data=keep), "fuse-attention,canonicalize")
+    assert fused_attention(g)[1] | {"scale": 0.5} == {
+        "num_heads": 2,
+        "causal": True,
+        "scale": 0.5,
+        "num_kv_heads": 2,
+        "window": 3,
+        "alibi_slopes": [],
+    }
+
+
+PADDED_CAUSAL = f"""{HEAD_SPLIT.replace("%keep: bool[2,1,6,6]", "%pad: bool[2,1,1,6]")}\
+  %keep = logical_and(%pad, %tril) : bool[2,1,6,6]
+  %ninf = constant() {{dtype="f32", shape=[], value=-inf}} : f32[]
+  %masked = where(%keep, %scaled, %ninf) : f32[2,2,6,6]
+  %softmax = softmax(%masked) {{axis=-1}} : f32[2,2,6,6] {META}
+  %nan = ne(%softmax, %softmax) : bool[2,2,6,6]
+  %zero = constant() {{dtype="f32", shape=[], value=0.0}} : f32[]
+  %p = where(%nan, %zero, %softmax) : f32[2,2,6,6]
+{HEAD_MERGE}""".replace(") {\n", ") {\n  param %tril: bool[1,1,6,6]\n", 1)
+
+
+def test_padding_and_causal_conjuncts_split(run_pipeline, same_numerics) -> None:
+    """where(pad & tril, s, -inf): tril becomes causal=true, the padding the mask operand."""
+    g = parse(PADDED_CAUSAL)
+    g.weights["tril"] = tril().reshape(1, 1, T, T)
+    same_numerics(g, "fuse-attention")
+    (node,) = [n for n in g.nodes if n.op == "attention"]
+    assert node.attrs["causal"]
+    where = node.inputs[3].producer
+    assert (where.op, where.inputs[0].name, str(where.output.type)) == (
+        "where",
+        "pad",
+        "f32[2,1,1,6]",
+    )
+
+
+def test_an_alibi_bias_becomes_slopes(same_numerics) -> None:
+    slopes = torch.tensor([0.5, 0.125])
+    alibi = (slopes[:, None, None] * torch.arange(T)).expand(1, 2, T, T)  # BLOOM: slope · key
+    g = parse(ONNX_SDPA.replace("param %bias: f32[1,1,6,6]", "param %bias: f32[1,2,6,6]"))
+    g.weights["bias"] = alibi.contiguous()
+    g = same_numerics(g, "canonicalize,fuse-attention,canonicalize")
+    assert fused_attention(g) == (
+        ["q", "k", "v"],
+        {
+            "num_heads": 2,
+            "causal": False,
+            "scale": 0.25,
+            "num_kv_heads": 2,
+            "window": 0,
+            "alibi_slopes": [0.5, 0.125],
+        },
+    )
+
+
+BMM = """\
+graph @bmm(%q: f32[4,6,4], %k: f32[4,6,4], %v: f32[4,6,4], %m: f32[6,6]) {
+  %kt = transpose(%k) {perm=[0, 2, 1]} : f32[4,4,6]
+  %s = matmul(%q, %kt) : f32[4,6,6]
+  %c = constant() {dtype="f32", shape=[], value=0.5} : f32[]
+  %scaled = mul(%s, %c) : f32[4,6,6]
+  %masked = add(%scaled, %m) : f32[4,6,6]
+  %p = softmax(%masked) {axis=-1} : f32[4,6,6]
+  %out = matmul(%p, %v) : f32[4,6,4]
+  return %out
+}
+"""
+
+
+def test_bmm_attention_is_a_batch_of_single_heads(rewrite_text, same_numerics) -> None:
+    """nn.MultiheadAttention's need_weights path: [b·h, t, d] batches, no head axis."""
+    assert rewrite_text(BMM, "fuse-attention,canonicalize") == (
+        "graph @bmm(%q: f32[4,6,4], %k: f32[4,6,4], %v: f32[4,6,4], %m: f32[6,6]) {\n"
+        "  %out = attention(%q, %k, %v, %m) {causal=false, num_heads=1, scale=0.5} : f32[4,6,4]\n"
+        "  return %out\n}\n"
+    )
+    same_numerics(parse(BMM), "fuse-attention")

@@ -72,7 +72,14 @@ def assert_fully_fused(g: Graph, config, approximate: str) -> None:
     assert not set(LEFTOVERS) & set(counts), counts
     d_head = config.n_embd // config.n_head
     assert [n.attrs for n in g.nodes if n.op == "attention"] == [
-        {"num_heads": config.n_head, "causal": True, "scale": pytest.approx(d_head**-0.5)}
+        {
+            "num_heads": config.n_head,
+            "causal": True,
+            "scale": pytest.approx(d_head**-0.5),
+            "num_kv_heads": config.n_head,
+            "window": 0,
+            "alibi_slopes": [],
+        }
     ] * n
     assert [n.attrs for n in g.nodes if n.op == "gelu"] == [{"approximate": approximate}] * n
 

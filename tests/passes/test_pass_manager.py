@@ -46,6 +46,12 @@ def test_every_pass_is_registered_with_a_description() -> None:
         "`linear(x, w, b)`.",
         "fuse-qkv-attention": "Fuse attention on the q, k, v thirds of one linear projection "
         "into `qkv_attention`.",
+        "fuse-rms-norm": "Fuse x / √(mean(x²) + ε) over the last axis, then an optional scale "
+        "w, into `rms_norm`.",
+        "fuse-rotary-embedding": "Fuse rotary position embeddings on split heads into "
+        "`rotary_embedding`.",
+        "fuse-swiglu": "Fuse silu(x·w_gateᵀ) · (x·w_upᵀ) over two bias-free linears of one x "
+        "into `swiglu`.",
         "kv-cache": "Derive the cached step graph (prefill or decode) of a causal LM traced at its "
         "capacity.",
         "layer-pipeline": "Give every stage a wafer region sized to balance the layer pipeline "
@@ -73,8 +79,8 @@ def test_pipeline_strings_parse_into_configured_passes() -> None:
 
 def test_default_expands_to_the_default_pipeline() -> None:
     assert DEFAULT_PIPELINE == (
-        "canonicalize,fuse-attention,fuse-layer-norm,fuse-gelu,fuse-linear,fuse-cross-entropy,"
-        "canonicalize"
+        "canonicalize,fuse-layer-norm,fuse-rms-norm,fuse-rotary-embedding,fuse-attention,"
+        "fuse-gelu,fuse-linear,fuse-swiglu,fuse-cross-entropy,canonicalize"
     )
     assert repr(PassManager("default")) == DEFAULT_PIPELINE
     assert repr(PassManager("fuse-gelu,default")) == "fuse-gelu," + DEFAULT_PIPELINE
@@ -88,7 +94,8 @@ def test_default_expands_to_the_default_pipeline() -> None:
             "canonicalize,fuse-attn",
             "unknown pass 'fuse-attn'; valid passes: autodiff, canonicalize, fuse-attention, "
             "fuse-cross-entropy, fuse-gelu, fuse-layer-norm, fuse-linear, fuse-qkv-attention, "
-            "kv-cache, layer-pipeline, train-step, weight-streaming",
+            "fuse-rms-norm, fuse-rotary-embedding, fuse-swiglu, kv-cache, layer-pipeline, "
+            "train-step, weight-streaming",
         ),
         (
             "fuse-attention{heads=2}",

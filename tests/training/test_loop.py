@@ -148,10 +148,10 @@ def test_the_step_graph_meets_the_debugging_switches(corpus, tmp_path) -> None:
     assert "new.exp_avg_sq.transformer.wte.weight" in result.stderr  # the step graph, printed
     stages = sorted(p.name for p in dump.iterdir())
     assert stages[-4:] == [
-        "08-autodiff.cgc", "09-train-step.cgc", "inputs.safetensors", "weights.safetensors",
+        "11-autodiff.cgc", "12-train-step.cgc", "inputs.safetensors", "weights.safetensors",
     ]  # fmt: skip
     result = cgc(
-        "bisect", dump / "09-train-step.cgc", "--weights", dump / "weights.safetensors",
+        "bisect", dump / "12-train-step.cgc", "--weights", dump / "weights.safetensors",
         "--inputs", dump / "inputs.safetensors", "--passes", "canonicalize",
     )  # fmt: skip
     assert result.exit_code == 0, result.output

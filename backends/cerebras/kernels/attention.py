@@ -33,6 +33,7 @@ from cgc.backends.cerebras.kernels.base import (
 )
 from cgc.backends.cerebras.machine import VECTOR_OP_COST
 from cgc.backends.cerebras.precision import BYTES, round_to
+from cgc.errors import UnsupportedOpError
 
 
 class Attention(Kernel):
@@ -42,6 +43,18 @@ class Attention(Kernel):
         super().__init__(node, machine, precision)
         q, k, v = self.in_types[:3]
         self.heads = self.attrs["num_heads"]
+        uses = {
+            "num_kv_heads": self.attrs["num_kv_heads"] != self.heads,
+            "window": self.attrs["window"],
+            "alibi_slopes": self.attrs["alibi_slopes"],
+        }
+        missing = [name for name, used in uses.items() if used]
+        if missing:
+            where = node.meta.get("source") or node.meta.get("scope") or "attention"
+            raise UnsupportedOpError(
+                f"the cerebras attention kernel has no {' or '.join(missing)} yet ({where});"
+                " use --backend onnxruntime for this model"
+            )
         self.batch, self.q_len, _ = q.shape
         self.kv_len = k.shape[1]
         self.head_dim = q.shape[2] // self.heads

@@ -9,8 +9,11 @@ from cgc.ir.ops import (  # noqa: F401  (registration)
     nn,
     random,
     reduce,
+    rms_norm,
+    rotary,
     shape,
+    swiglu,
 )
-from cgc.ir.ops.registry import REQUIRED, OpDef, all_ops, get_op, register
+from cgc.ir.ops.registry import REQUIRED, OpDef, SameAs, all_ops, get_op, register
 
-__all__ = ["REQUIRED", "OpDef", "all_ops", "get_op", "register"]
+__all__ = ["REQUIRED", "OpDef", "SameAs", "all_ops", "get_op", "register"]

@@ -17,8 +17,10 @@ from cgc.errors import IRError
 from cgc.ir.ops.infer import same_dtype
 from cgc.ir.ops.nn import (
     ATTENTION_ATTRS,
+    ATTENTION_ELIDE,
     _attention_flops,
     _infer_attention,
+    _kv_heads,
     _merge_heads,
     _split_heads,
     attention_scores,
@@ -61,15 +63,26 @@ def _decompose_attention_grad(g, ins: Sequence, attrs: Mapping[str, Any]) -> lis
     probs = g.call("exp", g.call("sub", scores, lse))
     dyh, yh = (_split_heads(g, x, heads) for x in (dy, y))
     dv = g.call("matmul", g.call("transpose", probs, perm=[0, 1, 3, 2]), dyh)
-    dprobs = g.call("matmul", dyh, _split_heads(g, v, heads, keys=True))
+    dprobs = g.call("matmul", dyh, _kv_heads(g, v, attrs, keys=True))
     rowdot = g.call("reduce_sum", g.call("mul", dyh, yh), axes=[-1], keepdim=True)
     dscores = g.call("mul", probs, g.call("sub", dprobs, rowdot))
     dscores = g.call("mul", dscores, g.constant(attrs["scale"], q.dtype))
-    dq = g.call("matmul", dscores, _split_heads(g, k, heads))
+    dq = g.call("matmul", dscores, _kv_heads(g, k, attrs))
     dk = g.call(
         "matmul", g.call("transpose", dscores, perm=[0, 1, 3, 2]), _split_heads(g, q, heads)
     )
-    return [_merge_heads(g, dq), _merge_heads(g, dk), _merge_heads(g, dv)]
+    return [_merge_heads(g, dq), *(_merge_groups(g, x, attrs) for x in (dk, dv))]
+
+
+def _merge_groups(g, x, attrs: Mapping[str, Any]):
+    """A shared key or value head's gradient: the sum over the query heads it served, merged
+    to [b, s, kv_heads·d]."""
+    kv_heads = attrs["num_kv_heads"]
+    b, heads, s, d = x.shape
+    if kv_heads != heads:
+        x = g.call("reshape", x, shape=[b, kv_heads, heads // kv_heads, s, d])
+        x = g.call("reduce_sum", x, axes=[2], keepdim=False)
+    return _merge_heads(g, x)
 
 
 @register(
@@ -82,6 +95,7 @@ def _decompose_attention_grad(g, ins: Sequence, attrs: Mapping[str, Any]) -> lis
     num_outputs=3,
     category="fused",
     differentiable=False,
+    elide=ATTENTION_ELIDE,
 )
 def attention_grad(
     dy: torch.Tensor,
@@ -91,23 +105,28 @@ def attention_grad(
     y: torch.Tensor,
     lse: torch.Tensor,
     mask: torch.Tensor | None = None,
-    *,
-    num_heads: int,
-    causal: bool,
-    scale: float,
+    **attrs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv of `attention` from its output y and log-sum-exp lse (`attention_lse`).
 
     FlashAttention's backward: the weights are recomputed as P = exp(scores - lse), and the
-    softmax's row term Σ_j P·dP is the row dot product dY·Y, so nothing [T, T] is saved.
+    softmax's row term Σ_j P·dP is the row dot product dY·Y, so nothing [T, T] is saved. A
+    shared key-value head's gradient sums over the query heads it serves.
     """
-    attrs = {"num_heads": num_heads, "causal": causal, "scale": scale}
+    heads, kv_heads = attrs["num_heads"], attrs["num_kv_heads"]
+    group = heads // kv_heads
     probs = torch.exp(attention_scores(q, k, mask, **attrs) - lse.unsqueeze(-1))
-    dyh, qh, kh, vh = (split_heads(x, num_heads) for x in (dy, q, k, v))
+    dyh, qh = split_heads(dy, heads), split_heads(q, heads)
+    kh, vh = (split_heads(x, kv_heads, group) for x in (k, v))
     dv = probs.transpose(-1, -2) @ dyh
-    rowdot = (dyh * split_heads(y, num_heads)).sum(-1, keepdim=True)
-    dscores = probs * (dyh @ vh.transpose(-1, -2) - rowdot) * scale
-    return merge_heads(dscores @ kh), merge_heads(dscores.transpose(-1, -2) @ qh), merge_heads(dv)
+    rowdot = (dyh * split_heads(y, heads)).sum(-1, keepdim=True)
+    dscores = probs * (dyh @ vh.transpose(-1, -2) - rowdot) * attrs["scale"]
+    dk = dscores.transpose(-1, -2) @ qh
+
+    def groups(x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(1, (kv_heads, group)).sum(2)
+
+    return merge_heads(dscores @ kh), merge_heads(groups(dk)), merge_heads(groups(dv))
 
 
 # -- layer norm ---------------------------------------------------------------------------------

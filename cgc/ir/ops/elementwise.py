@@ -74,6 +74,12 @@ def _one_minus_square(g, y):
     return g.call("sub", scalar(g, 1.0, y), g.call("mul", y, y))
 
 
+def _silu_slope(g, x):
+    """d (x·σ(x)) / dx = σ(x)·(1 + x·(1 - σ(x)))"""
+    s, one = g.call("sigmoid", x), scalar(g, 1.0, x)
+    return g.call("mul", s, g.call("add", one, g.call("mul", x, g.call("sub", one, s))))
+
+
 _UNARY_DERIVATIVES = {
     "neg": lambda g, x, y, dy: g.call("neg", dy),
     "abs": _sign_times,
@@ -97,6 +103,7 @@ _UNARY_DERIVATIVES = {
     "relu": lambda g, x, y, dy: zeros_where(
         g, g.call("gt", y, scalar(g, 0.0, y)), dy, keep_if=True
     ),
+    "silu": lambda g, x, y, dy: g.call("mul", dy, _silu_slope(g, x)),
 }
 
 _UNARY = {
@@ -110,6 +117,7 @@ _UNARY = {
     "tanh": (torch.tanh, float_unary, 1),
     "erf": (torch.erf, float_unary, 1),
     "sigmoid": (torch.sigmoid, float_unary, 1),
+    "silu": (torch.nn.functional.silu, float_unary, 2),
     "cos": (torch.cos, float_unary, 1),  # cosine learning-rate decay, rotary embeddings
     "sin": (torch.sin, float_unary, 1),
     "relu": (torch.relu, unary, 1),

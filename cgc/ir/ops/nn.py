@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from cgc.errors import IRError
 from cgc.ir.ops.infer import float_unary, same_dtype
-from cgc.ir.ops.registry import REQUIRED, register
+from cgc.ir.ops.registry import REQUIRED, SameAs, get_op, register
 from cgc.ir.ops.vjp import replace_forward
 from cgc.ir.types import TensorType
 
@@ -198,19 +198,28 @@ def gelu(x: torch.Tensor, *, approximate: str) -> torch.Tensor:
 
 def _infer_attention(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
     q, k, v = ins[:3]
-    heads = attrs["num_heads"]
+    heads, kv_heads = attrs["num_heads"], attrs["num_kv_heads"]
     if q.rank != 3 or k.rank != 3 or v.rank != 3:
         raise IRError(f"attention: expected [batch, seq, heads·d_head] q, k, v, got {q}, {k}, {v}")
+    if kv_heads < 1 or heads % kv_heads:
+        raise IRError(f"attention: {heads} query heads do not share {kv_heads} key-value heads")
+    d_head = q.shape[-1] // heads
     if (
         q.shape[-1] % heads
-        or k.shape != (q.shape[0], k.shape[1], q.shape[2])
+        or k.shape != (q.shape[0], k.shape[1], kv_heads * d_head)
         or v.shape[:2] != (k.shape[:2])
     ):
-        raise IRError(f"attention: q {q}, k {k}, v {v} do not fit {heads} heads")
-    if v.shape[-1] % heads:
-        raise IRError(f"attention: value width {v.shape[-1]} is not divisible by {heads} heads")
+        raise IRError(
+            f"attention: q {q}, k {k}, v {v} do not fit {heads} query and {kv_heads} key heads"
+        )
+    if v.shape[-1] % kv_heads:
+        raise IRError(f"attention: value width {v.shape[-1]} is not divisible by {kv_heads} heads")
+    if attrs["window"] < 0 or (attrs["window"] and not attrs["causal"]):
+        raise IRError(f"attention: window={attrs['window']} needs causal=true and window >= 0")
+    if attrs["alibi_slopes"] and len(attrs["alibi_slopes"]) != heads:
+        raise IRError(f"attention: {len(attrs['alibi_slopes'])} ALiBi slopes for {heads} heads")
     same_dtype("attention", q, k, v)
-    return [q.with_shape(q.shape[:2] + (v.shape[-1],))]
+    return [q.with_shape(q.shape[:2] + (heads * (v.shape[-1] // kv_heads),))]
 
 
 def _attention_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs) -> int:
@@ -219,24 +228,59 @@ def _attention_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attr
     s = k.shape[1]
     heads = attrs["num_heads"]
     scores = b * heads * t * s
-    return 2 * scores * (e // heads) + 2 * scores * (v.shape[-1] // heads) + 5 * scores
+    return 2 * scores * (e // heads) + 2 * scores * (outs[0].shape[-1] // heads) + 5 * scores
 
 
-# The attention family (attention, attention_lse, qkv_attention, attention_grad in backward.py)
-# shares its attributes, how heads are split and how the causal and additive masks make the
+# The attention family (attention, attention_lse, attention_grad in backward.py) shares its
+# attributes, how heads are split and how the causal, window, ALiBi and additive masks make the
 # scores, in torch (reference implementations) and in IR (decompositions): a new masking
-# attribute extends all of them here.
-ATTENTION_ATTRS = {"num_heads": REQUIRED, "causal": False, "scale": REQUIRED}
+# attribute extends all of them here. k and v have `num_kv_heads` heads, each shared by
+# num_heads / num_kv_heads consecutive query heads (grouped-query attention; 1: multi-query).
+# The attributes added after the first release are left out of the text at their default.
+ATTENTION_ATTRS = {
+    "num_heads": REQUIRED,
+    "causal": False,
+    "scale": REQUIRED,
+    "num_kv_heads": SameAs("num_heads"),
+    "window": 0,
+    "alibi_slopes": [],
+}
+ATTENTION_ELIDE = ("num_kv_heads", "window", "alibi_slopes")
 
 
-def causal_keep(t: int, s: int) -> torch.Tensor:
-    """Bool [t, s]: which keys each query sees; aligned to the end when s > t (as torch)."""
-    return torch.ones(t, s, dtype=torch.bool).tril(s - t)
+def causal_keep(t: int, s: int, window: int = 0) -> torch.Tensor:
+    """Bool [t, s]: which keys each query sees; aligned to the end when s > t (as torch), and
+    with a `window`, only the last `window` keys up to the query's own."""
+    keep = torch.ones(t, s, dtype=torch.bool).tril(s - t)
+    return keep & ~torch.ones(t, s, dtype=torch.bool).tril(s - t - window) if window else keep
 
 
-def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """[batch, seq, heads·d] -> [batch, heads, seq, d]."""
-    return x.reshape(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
+def position_bias(
+    t: int, s: int, *, causal: bool, window: int, alibi_slopes: Sequence[float], dtype
+) -> torch.Tensor | None:
+    """The bias the causal, window and alibi_slopes attrs put on the scores, [heads|1, t, s],
+    or None when they add nothing.
+
+    Query i sits at position i + s - t (queries are the last positions of the keys). ALiBi adds
+    slope_h · (j - position of i): 0 on the diagonal, falling linearly into the past; a constant
+    per query, so equal under softmax to BLOOM's slope_h · j.
+    """
+    if not (causal or alibi_slopes):
+        return None
+    bias = torch.zeros(1, t, s, dtype=dtype)
+    if alibi_slopes:
+        offset = torch.arange(s)[None, :] - torch.arange(t)[:, None] - (s - t)
+        slopes = torch.tensor(list(alibi_slopes), dtype=torch.float64)[:, None, None]
+        bias = (slopes * offset).to(dtype)
+    if causal:
+        bias = bias.masked_fill(~causal_keep(t, s, window), float("-inf"))
+    return bias
+
+
+def split_heads(x: torch.Tensor, num_heads: int, repeat: int = 1) -> torch.Tensor:
+    """[batch, seq, heads·d] -> [batch, heads·repeat, seq, d], each head `repeat` times."""
+    heads = x.reshape(x.shape[0], x.shape[1], num_heads, -1).transpose(1, 2)
+    return heads.repeat_interleave(repeat, 1) if repeat > 1 else heads
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
@@ -245,13 +289,22 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def attention_bias(
-    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, *, causal: bool
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    causal: bool,
+    window: int = 0,
+    alibi_slopes: Sequence[float] = (),
 ) -> torch.Tensor:
-    """The additive bias on the scores: -inf above the causal diagonal, plus `mask`."""
+    """The additive bias on the scores: -inf outside the causal window, ALiBi, plus `mask`;
+    [t, s] without ALiBi (the form earlier releases rounded with), else [heads, t, s]."""
     t, s = q.shape[1], k.shape[1]
-    bias = torch.zeros(t, s, dtype=q.dtype)
-    if causal:
-        bias = bias.masked_fill(~causal_keep(t, s), float("-inf"))
+    bias = position_bias(
+        t, s, causal=causal, window=window, alibi_slopes=alibi_slopes, dtype=q.dtype
+    )
+    bias = torch.zeros(t, s, dtype=q.dtype) if bias is None else bias
+    bias = bias[0] if bias.shape[0] == 1 else bias
     return bias if mask is None else bias + mask
 
 
@@ -263,16 +316,29 @@ def attention_scores(
     num_heads: int,
     causal: bool,
     scale: float,
+    num_kv_heads: int,
+    window: int,
+    alibi_slopes: Sequence[float],
 ) -> torch.Tensor:
     """scale·q·kᵀ + bias per head: [batch, heads, q_seq, kv_seq]."""
-    scores = split_heads(q, num_heads) @ split_heads(k, num_heads).transpose(-1, -2)
-    return scores * scale + attention_bias(q, k, mask, causal=causal)
+    kh = split_heads(k, num_kv_heads, num_heads // num_kv_heads)
+    scores = split_heads(q, num_heads) @ kh.transpose(-1, -2)
+    bias = attention_bias(q, k, mask, causal=causal, window=window, alibi_slopes=alibi_slopes)
+    return scores * scale + bias
 
 
-def _split_heads(g, x, heads: int, *, keys: bool = False):
+def _split_heads(g, x, heads: int, *, keys: bool = False, repeat: int = 1):
+    """[b, t, heads·d] as [b, heads·repeat, t, d] ([.., d, t] for `keys`), each head `repeat`
+    times (torch's repeat_interleave on the head axis, Hugging Face's repeat_kv)."""
     b, t, e = x.shape
     x = g.call("reshape", x, shape=[b, t, heads, e // heads])
-    return g.call("transpose", x, perm=[0, 2, 3, 1] if keys else [0, 2, 1, 3])
+    x = g.call("transpose", x, perm=[0, 2, 1, 3])
+    if repeat > 1:
+        d = e // heads
+        x = g.call("reshape", x, shape=[b, heads, 1, t, d])
+        x = g.call("expand", x, shape=[b, heads, repeat, t, d])
+        x = g.call("reshape", x, shape=[b, heads * repeat, t, d])
+    return g.call("transpose", x, perm=[0, 1, 3, 2]) if keys else x
 
 
 def _merge_heads(g, x):
@@ -280,18 +346,32 @@ def _merge_heads(g, x):
     return g.call("reshape", g.call("transpose", x, perm=[0, 2, 1, 3]), shape=[b, t, h * d])
 
 
+def _kv_heads(g, x, attrs: Mapping[str, Any], *, keys: bool = False):
+    """k or v split into its heads, each repeated for the query heads it serves."""
+    group = attrs["num_heads"] // attrs["num_kv_heads"]
+    return _split_heads(g, x, attrs["num_kv_heads"], keys=keys, repeat=group)
+
+
 def decompose_scores(g, ins: Sequence, attrs: Mapping[str, Any]):
     """The scores of attention operands `ins` (q, k, v[, mask]) in primitives, as
     `attention_scores` computes them."""
-    heads = attrs["num_heads"]
     q, k = ins[:2]
-    scores = g.call("matmul", _split_heads(g, q, heads), _split_heads(g, k, heads, keys=True))
+    t, s = q.shape[1], k.shape[1]
+    scores = g.call(
+        "matmul", _split_heads(g, q, attrs["num_heads"]), _kv_heads(g, k, attrs, keys=True)
+    )
     scores = g.call("mul", scores, g.constant(attrs["scale"], q.dtype))
     if attrs["causal"]:
-        t, s = q.shape[1], k.shape[1]
         name = g.fresh_name(f"causal_mask_{t}x{s}")
-        keep = g.add_param(name, TensorType((t, s), "bool"), causal_keep(t, s))
+        keep = g.add_param(name, TensorType((t, s), "bool"), causal_keep(t, s, attrs["window"]))
         scores = g.call("where", keep, scores, g.constant(float("-inf"), q.dtype))
+    if attrs["alibi_slopes"]:
+        alibi = position_bias(
+            t, s, causal=False, window=0, alibi_slopes=attrs["alibi_slopes"],
+            dtype=q.type.torch_dtype,
+        )  # fmt: skip
+        name = g.fresh_name(f"alibi_{t}x{s}")
+        scores = g.call("add", scores, g.add_param(name, TensorType.of(alibi), alibi))
     if len(ins) == 4:
         scores = g.call("add", scores, ins[3])
     return scores
@@ -309,7 +389,7 @@ def _decompose_attention(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
         # A row of -inf scores has NaN weights; the op gives such a query zero weights.
         nan = g.call("ne", probs, probs)
         probs = g.call("where", nan, g.constant(0.0, q.dtype), probs)
-    return [_merge_heads(g, g.call("matmul", probs, _split_heads(g, v, attrs["num_heads"])))]
+    return [_merge_heads(g, g.call("matmul", probs, _kv_heads(g, v, attrs)))]
 
 
 def _attention_vjp(g, node, cotangents):
@@ -327,6 +407,7 @@ def _attention_vjp(g, node, cotangents):
     decompose=_decompose_attention,
     category="fused",
     vjp=_attention_vjp,
+    elide=ATTENTION_ELIDE,
 )
 def attention(
     q: torch.Tensor,
@@ -337,16 +418,26 @@ def attention(
     num_heads: int,
     causal: bool,
     scale: float,
+    num_kv_heads: int,
+    window: int,
+    alibi_slopes: Sequence[float],
 ) -> torch.Tensor:
     """Multi-head scaled dot-product attention on [batch, seq, heads·d_head] q, k, v.
 
-    An optional additive `mask` broadcasts to [batch, heads, q_seq, kv_seq]; `causal` masks
-    keys after each query (aligned to the end when the key sequence is longer). A query whose
-    every key is masked (all scores -inf) outputs zeros, as in torch SDPA and ONNX Attention, so
-    padding queries stay finite and cannot spread NaN through masked keys (0·NaN is NaN).
+    k and v have `num_kv_heads` heads, each shared by num_heads / num_kv_heads consecutive query
+    heads. Queries and keys may differ in length (cross-attention, or queries that are the last
+    positions of the keys). The scores are q·kᵀ·scale plus the bias of `causal` (keys after a
+    query masked, aligned to the end when the keys are longer), `window` (with causal: each
+    query sees its last `window` keys, itself included) and `alibi_slopes` (see
+    `position_bias`), plus an optional additive `mask` that broadcasts to [batch, heads, q_seq,
+    kv_seq]. A query whose every key is masked (all scores -inf) outputs zeros, as in torch
+    SDPA and ONNX Attention, so padding queries stay finite and cannot spread NaN through
+    masked keys (0·NaN is NaN).
     """
-    qh, kh, vh = (split_heads(x, num_heads) for x in (q, k, v))
-    bias = attention_bias(q, k, mask, causal=causal)
+    group = num_heads // num_kv_heads
+    qh = split_heads(q, num_heads)
+    kh, vh = (split_heads(x, num_kv_heads, group) for x in (k, v))
+    bias = attention_bias(q, k, mask, causal=causal, window=window, alibi_slopes=alibi_slopes)
     return merge_heads(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, scale=scale))
 
 
@@ -376,7 +467,7 @@ def _decompose_attention_lse(g, ins: Sequence, attrs: Mapping[str, Any]) -> list
         lse,
     )
     probs = g.call("exp", g.call("sub", scores, lse))
-    out = _merge_heads(g, g.call("matmul", probs, _split_heads(g, v, attrs["num_heads"])))
+    out = _merge_heads(g, g.call("matmul", probs, _kv_heads(g, v, attrs)))
     b, h, t = q.shape[0], attrs["num_heads"], q.shape[1]
     return [out, g.call("reshape", lse, shape=[b, h, t])]
 
@@ -406,16 +497,14 @@ def _attention_lse_vjp(g, node, cotangents):
     num_outputs=2,
     category="fused",
     vjp=_attention_lse_vjp,
+    elide=ATTENTION_ELIDE,
 )
 def attention_lse(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     mask: torch.Tensor | None = None,
-    *,
-    num_heads: int,
-    causal: bool,
-    scale: float,
+    **attrs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`attention`, and the log-sum-exp of each query's scores, [batch, heads, q_seq].
 
@@ -424,7 +513,6 @@ def attention_lse(
     only this [batch, heads, seq] vector is kept between forward and backward. A query with
     every key masked has lse = +inf, so the recomputed weights are its zeros.
     """
-    attrs = {"num_heads": num_heads, "causal": causal, "scale": scale}
     lse = torch.logsumexp(attention_scores(q, k, mask, **attrs), dim=-1)
     lse = lse.masked_fill(lse == float("-inf"), float("inf"))
     return attention(q, k, v, mask, **attrs), lse
@@ -455,7 +543,7 @@ def _decompose_qkv_attention(g, ins: Sequence, attrs: Mapping[str, Any]) -> list
     (qkv,) = _decompose_linear(g, ins, {})
     e = qkv.shape[-1] // 3
     q, k, v = (g.call("slice", qkv, axis=2, start=i * e, end=(i + 1) * e) for i in range(3))
-    return _decompose_attention(g, [q, k, v], attrs)
+    return _decompose_attention(g, [q, k, v], get_op("attention").complete_attrs(attrs))
 
 
 def _qkv_attention_vjp(g, node, cotangents):
@@ -473,7 +561,8 @@ def _qkv_attention_vjp(g, node, cotangents):
 @register(
     "qkv_attention",
     arity=(2, 3),
-    attrs=ATTENTION_ATTRS,
+    # q, k and v are thirds of one projection: every head has its own keys; no window or ALiBi
+    attrs={"num_heads": REQUIRED, "causal": False, "scale": REQUIRED},
     infer=_infer_qkv_attention,
     flops=_qkv_attention_flops,
     decompose=_decompose_qkv_attention,
@@ -495,4 +584,5 @@ def qkv_attention(
     Attention) take this form; elsewhere it is `linear`, three slices and `attention`.
     """
     q, k, v = F.linear(x, w, b).chunk(3, dim=-1)
-    return attention(q, k, v, num_heads=num_heads, causal=causal, scale=scale)
+    attrs = {"num_heads": num_heads, "causal": causal, "scale": scale}
+    return attention(q, k, v, **get_op("attention").complete_attrs(attrs))

@@ -1,4 +1,4 @@
-"""Reductions over axes, and softmax."""
+"""Reductions over axes, running sums, and softmax."""
 
 from __future__ import annotations
 
@@ -119,6 +119,35 @@ def _var_vjp(g, node, cotangents):
 def var(x: torch.Tensor, *, axes: list[int], keepdim: bool, correction: int) -> torch.Tensor:
     """Variance over `axes` with Bessel `correction` (0 = population variance)."""
     return torch.var(x, dim=tuple(axes), keepdim=keepdim, correction=correction)
+
+
+def _infer_cumsum(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+    norm_axis(attrs["axis"], ins[0].rank)
+    return [ins[0]]
+
+
+def _cumsum_vjp(g, node, cotangents: Sequence) -> list:
+    """Each input adds to its own and every later sum: dx = Σ dy from x's position on, which
+    is Σ dy - cumsum(dy) + dy."""
+    (dy,) = cotangents
+    if dy is None:
+        return [None]
+    axis = node.attrs["axis"]
+    total = g.call("reduce_sum", dy, axes=[axis], keepdim=True)
+    return [g.call("add", g.call("sub", total, g.call("cumsum", dy, axis=axis)), dy)]
+
+
+@register(
+    "cumsum",
+    arity=1,
+    attrs={"axis": REQUIRED},
+    infer=_infer_cumsum,
+    flops=_input_flops,
+    vjp=_cumsum_vjp,
+)
+def cumsum(x: torch.Tensor, *, axis: int) -> torch.Tensor:
+    """Running sum along `axis` (position ids and ALiBi offsets from a padding mask)."""
+    return torch.cumsum(x, dim=axis)
 
 
 def _softmax_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: Mapping) -> int:

@@ -17,6 +17,14 @@ from cgc.ir.types import TensorType
 
 REQUIRED = object()  # marks an attribute with no default
 
+
+@dataclass(frozen=True)
+class SameAs:
+    """A default taken from another attribute of the node: `num_kv_heads` = `num_heads`."""
+
+    attr: str
+
+
 InferFn = Callable[[Sequence[TensorType], Mapping[str, Any]], list[TensorType]]
 ImplFn = Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
 FlopsFn = Callable[[Sequence[TensorType], Sequence[TensorType], Mapping[str, Any]], int]
@@ -60,6 +68,9 @@ class OpDef:
     category: str = field(default="primitive")
     vjp: VjpFn | None = None
     differentiable: bool = True
+    # Attributes added after an op first shipped, printed only when they differ from their
+    # default, so the text of graphs that do not use them reads as before.
+    elide: frozenset[str] = frozenset()
 
     def accepts(self, n: int) -> bool:
         """Whether the op takes `n` inputs."""
@@ -79,9 +90,17 @@ class OpDef:
                 out[key] = attrs[key]
             elif default is REQUIRED:
                 raise IRError(f"{self.name}: missing attribute {key!r}")
-            else:
+            elif not isinstance(default, SameAs):
                 out[key] = default
+        for key, default in self.attrs.items():
+            if isinstance(default, SameAs) and key not in out:
+                out[key] = out[default.attr]
         return out
+
+    def shown_attrs(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        """The attributes the text form prints: all but elided ones at their default."""
+        defaults = self.complete_attrs({k: v for k, v in attrs.items() if k not in self.elide})
+        return {k: v for k, v in attrs.items() if k not in self.elide or v != defaults[k]}
 
     def bytes(self, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
         """Bytes moved: every input read once and every output written once."""
@@ -104,6 +123,7 @@ def register(
     category: str = "primitive",
     vjp: VjpFn | None = None,
     differentiable: bool = True,
+    elide: Sequence[str] = (),
 ) -> Callable[[ImplFn], ImplFn]:
     """Decorator registering `impl` (the torch reference implementation) as op `name`."""
 
@@ -124,6 +144,7 @@ def register(
             category=category,
             vjp=vjp,
             differentiable=differentiable,
+            elide=frozenset(elide),
         )
         return impl
 

@@ -15,7 +15,7 @@ CASES: dict[str, tuple[str, str]] = {
     **{
         op: ("%x: f32[2,3]", f"%y = {op}(%x) : f32[2,3]")
         for op in ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal")
-        + ("tanh", "erf", "sigmoid", "relu", "cos", "sin")
+        + ("tanh", "erf", "sigmoid", "relu", "silu", "cos", "sin")
     },
     "cos:f64": ("%x: f64[2,3]", "%y = cos(%x) : f64[2,3]"),
     **{
@@ -48,6 +48,8 @@ CASES: dict[str, tuple[str, str]] = {
         "%x: f32[2,3,4]",
         "%y = var(%x) {axes=[0,2], correction=1, keepdim=true} : f32[1,3,1]",
     ),
+    "cumsum": ("%x: f32[2,3,4]", "%y = cumsum(%x) {axis=1} : f32[2,3,4]"),
+    "cumsum:i64": ("%x: i64[2,5]", "%y = cumsum(%x) {axis=1} : i64[2,5]"),
     "softmax": ("%x: f32[2,3,4]", "%y = softmax(%x) {axis=1} : f32[2,3,4]"),
     "log_softmax": ("%x: f32[2,3,4]", "%y = log_softmax(%x) {axis=-1} : f32[2,3,4]"),
     "matmul": ("%x: f32[2,3,4], %z: f32[4,5]", "%y = matmul(%x, %z) : f32[2,3,5]"),
@@ -124,6 +126,63 @@ CASES: dict[str, tuple[str, str]] = {
         "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,6]",
         "%y = attention(%q, %k, %v) {causal=true, num_heads=3, scale=0.5} : f32[2,5,6]",
     ),
+    "attention:gqa": (  # 4 query heads share 2 key-value heads
+        "%q: f32[2,5,16], %k: f32[2,5,8], %v: f32[2,5,8]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=4, num_kv_heads=2, scale=0.5}"
+        " : f32[2,5,16]",
+    ),
+    "attention:mqa_window_mask": (  # one key-value head, each query sees its last 3 keys
+        "%q: f32[2,6,16], %k: f32[2,6,4], %v: f32[2,6,4], %m: f32[2,1,1,6]",
+        "%y = attention(%q, %k, %v, %m) {causal=true, num_heads=4, num_kv_heads=1, scale=0.5,"
+        " window=3} : f32[2,6,16]",
+    ),
+    "attention:long_causal_gqa": (  # GroupQueryAttention from GQA_FROM queries on
+        "%q: f32[1,520,32], %k: f32[1,520,16], %v: f32[1,520,16]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=4, num_kv_heads=2, scale=0.5}"
+        " : f32[1,520,32]",
+    ),
+    "attention:long_window": (
+        "%q: f32[2,520,16], %k: f32[2,520,16], %v: f32[2,520,16]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=2, scale=0.5, window=100}"
+        " : f32[2,520,16]",
+    ),
+    "attention:long_causal_head_4": (  # a head size GroupQueryAttention refuses
+        "%q: f32[1,520,8], %k: f32[1,520,8], %v: f32[1,520,8]",
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=2, scale=0.5} : f32[1,520,8]",
+    ),
+    "attention:alibi": (
+        "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12]",
+        "%y = attention(%q, %k, %v) {alibi_slopes=[0.5, 0.25, 0.125], causal=true,"
+        " num_heads=3, scale=0.5} : f32[2,5,12]",
+    ),
+    "attention:alibi_longer_keys": (
+        "%q: f32[2,3,12], %k: f32[2,7,12], %v: f32[2,7,12]",
+        "%y = attention(%q, %k, %v) {alibi_slopes=[0.5, 0.25, 0.125], causal=false,"
+        " num_heads=3, scale=0.5} : f32[2,3,12]",
+    ),
+    "attention:cross": (  # 3 queries, 7 keys, not causal
+        "%q: f32[2,3,12], %k: f32[2,7,12], %v: f32[2,7,12]",
+        "%y = attention(%q, %k, %v) {causal=false, num_heads=3, scale=0.5} : f32[2,3,12]",
+    ),
+    "rms_norm": (
+        "%x: f32[2,3,8]",
+        "param %w: f32[8]\n%y = rms_norm(%x, %w) {eps=1e-06} : f32[2,3,8]",
+    ),
+    "rms_norm:no_scale": ("%x: f32[2,3,8]", "%y = rms_norm(%x) {eps=1e-05} : f32[2,3,8]"),
+    "rotary_embedding": (  # half rotation of 4 of each head's 8 features, tables per position
+        "%x: f32[2,5,16], %c: f32[5,2], %s: f32[5,2]",
+        "%y = rotary_embedding(%x, %c, %s) {interleaved=false, num_heads=2, rotary_dim=4}"
+        " : f32[2,5,16]",
+    ),
+    "rotary_embedding:interleaved_batch": (  # every head feature, tables per batch row
+        "%x: f32[2,5,16], %c: f32[2,5,4], %s: f32[2,5,4]",
+        "%y = rotary_embedding(%x, %c, %s) {interleaved=true, num_heads=2, rotary_dim=8}"
+        " : f32[2,5,16]",
+    ),
+    "swiglu": (
+        "%x: f32[2,3,8]",
+        "param %wg: f32[6,8]\nparam %wu: f32[6,8]\n%y = swiglu(%x, %wg, %wu) : f32[2,3,6]",
+    ),
     "qkv_attention": (  # d_head 10, muP scale 1/d_head
         "%x: f32[2,6,8]",
         "param %w: f32[90,8]\nparam %b: f32[90]\n"
@@ -159,6 +218,26 @@ CASES: dict[str, tuple[str, str]] = {
         "%vc: f32[2,2,8,10], %past: i64[2]",
         "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) {num_heads=2, scale=0.3}"
         " : f32[2,1,20], f32[2,2,8,10], f32[2,2,8,10]",
+    ),
+    # Grouped key-value heads with a window (GroupQueryAttention's local_window_size); multi-query
+    # with a window and head size 4, a chunk after a past; ALiBi (both ScatterElements).
+    "cached_attention:gqa_window": (
+        "%q: f32[2,1,32], %k: f32[2,1,16], %v: f32[2,1,16], %kc: f32[2,2,8,8], "
+        "%vc: f32[2,2,8,8], %past: i64[2]",
+        "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) {num_heads=4, "
+        "num_kv_heads=2, scale=0.35, window=2} : f32[2,1,32], f32[2,2,8,8], f32[2,2,8,8]",
+    ),
+    "cached_attention:mqa_window_chunk": (
+        "%q: f32[1,3,16], %k: f32[1,3,4], %v: f32[1,3,4], %kc: f32[1,1,8,4], "
+        "%vc: f32[1,1,8,4], %past: i64[1]",
+        "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) {num_heads=4, "
+        "num_kv_heads=1, scale=0.5, window=2} : f32[1,3,16], f32[1,1,8,4], f32[1,1,8,4]",
+    ),
+    "cached_attention:alibi": (
+        "%q: f32[2,1,16], %k: f32[2,1,16], %v: f32[2,1,16], %kc: f32[2,2,8,8], "
+        "%vc: f32[2,2,8,8], %past: i64[2]",
+        "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) {alibi_slopes=[0.5, "
+        "0.25], num_heads=2, scale=0.35} : f32[2,1,16], f32[2,2,8,8], f32[2,2,8,8]",
     ),
     "qkv_attention:no_bias": (
         "%x: f32[2,5,8]",
@@ -234,6 +313,21 @@ CASES: dict[str, tuple[str, str]] = {
         " : f32[1,5,12], f32[1,3,5]\n"
         "%y, %y1, %y2 = attention_grad(%d, %q, %k, %v, %o, %l)"
         " {causal=true, num_heads=3, scale=0.5} : f32[1,5,12], f32[1,3,12], f32[1,3,12]",
+    ),
+    "attention_lse:gqa_window_alibi": (  # 4 query heads share 2 key-value heads
+        "%q: f32[1,6,16], %k: f32[1,6,8], %v: f32[1,6,8]",
+        "%y, %l = attention_lse(%q, %k, %v) {alibi_slopes=[0.5, 0.25, 0.125, 0.0625],"
+        " causal=true, num_heads=4, num_kv_heads=2, scale=0.5, window=3}"
+        " : f32[1,6,16], f32[1,4,6]",
+    ),
+    "attention_grad:gqa_window_alibi": (  # shared heads' gradients sum over their groups
+        "%d: f32[1,6,16], %q: f32[1,6,16], %k: f32[1,6,8], %v: f32[1,6,8]",
+        "%o, %l = attention_lse(%q, %k, %v) {alibi_slopes=[0.5, 0.25, 0.125, 0.0625],"
+        " causal=true, num_heads=4, num_kv_heads=2, scale=0.5, window=3}"
+        " : f32[1,6,16], f32[1,4,6]\n"
+        "%y, %y1, %y2 = attention_grad(%d, %q, %k, %v, %o, %l) {alibi_slopes=[0.5, 0.25,"
+        " 0.125, 0.0625], causal=true, num_heads=4, num_kv_heads=2, scale=0.5, window=3}"
+        " : f32[1,6,16], f32[1,6,8], f32[1,6,8]",
     ),
     "layer_norm_grad": (
         "%d: f32[2,3,8], %x: f32[2,3,8]",
@@ -326,6 +420,10 @@ def _op_types(g: Graph) -> list[str]:
         # integer bookkeeping on [batch] lengths, then one kernel
         (
             "cached_attention",
+            ["Add", "Cast", "ReduceMax", "Add", "Reshape", "Cast", "GroupQueryAttention"],
+        ),
+        (
+            "cached_attention:gqa_window",
             ["Add", "Cast", "ReduceMax", "Add", "Reshape", "Cast", "GroupQueryAttention"],
         ),
         ("attention:causal", ["Attention"]),
@@ -509,3 +607,16 @@ def test_cross_entropy_over_no_counted_target_is_nan_and_its_gradient_zero(run_o
     (loss,) = run_ort(_graph("cross_entropy"), x, t)
     (grad,) = run_ort(_graph("cross_entropy_grad"), x, t, d)
     assert loss.isnan() and torch.equal(grad, torch.zeros(6, 7))
+
+
+@pytest.mark.parametrize(
+    ("case", "op_type"),
+    [
+        ("attention:gqa", "Attention"),
+        ("attention:long_causal_gqa", "GroupQueryAttention"),
+        ("attention:long_window", "GroupQueryAttention"),
+        ("attention:long_causal_head_4", "Attention"),
+    ],
+)
+def test_long_causal_self_attention_runs_as_group_query_attention(case, op_type) -> None:
+    assert _op_types(_graph(case)) == [op_type]
