@@ -56,7 +56,9 @@ MODES = ("auto", "pipelined", "streaming")
 # for each would make every try tile the anchor afresh.
 HELD_GRAIN = 512
 
-_BLOCK = re.compile(r"(?:^|\.)h\.(\d+)(?:\.|$)")
+# A transformer block's module path: GPT-2's `h.N`, Llama's, OPT's, NeoX's and PyTorch's
+# `layers.N`, `blocks.N`.
+_BLOCK = re.compile(r"(?:^|\.)(?:h|layers|blocks)\.(\d+)(?:\.|$)")
 
 
 class PlanError(CgcError):
