@@ -161,8 +161,10 @@ def _group_forward(
         produced = [value_stage[v.name] for v in node.inputs if v.name in value_stage]
         if produced and (is_free or node.op not in ANCHOR_OPS):
             place(node, max(produced))
-        elif node.op in PROJECTION_OPS or node.op in ANCHOR_OPS and (
-            produced or waiting_kernels(node)
+        elif (
+            node.op in PROJECTION_OPS
+            or node.op in ANCHOR_OPS
+            and (produced or waiting_kernels(node))
         ):
             place(node, new_stage(node))
         else:
