@@ -12,9 +12,19 @@ import torch
 import transformers
 from torch import nn
 
-from zoo.families import CausalLM
-
 SEQ_LEN = 128
+
+
+class Logits(nn.Module):
+    """The causal LM's logits for token ids, without a KV cache (self-contained, so the CLI can
+    load this file alone)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
 
 
 def config() -> transformers.LlamaConfig:
@@ -32,10 +42,10 @@ def config() -> transformers.LlamaConfig:
 
 
 def get_model() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """The meta model (logits only, no KV cache, no padding mask) and one sequence of ids."""
+    """The meta model and one sequence of SEQ_LEN token ids."""
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(config())
     rotary = model.model.rotary_emb
     rotary.inv_freq = rotary.compute_default_rope_parameters(rotary.config)[0]
     ids = torch.zeros(1, SEQ_LEN, dtype=torch.long)
-    return CausalLM(model).eval(), (ids, None)
+    return Logits(model).eval(), (ids,)
