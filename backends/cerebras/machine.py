@@ -38,6 +38,8 @@ VECTOR_OP_COST = {
     "log": 10,
     "tanh": 10,
     "sigmoid": 10,
+    "sin": 10,  # range reduction and a polynomial, as tanh
+    "cos": 10,
     "erf": 12,
     "pow": 20,
 }

@@ -3,8 +3,9 @@
 Stages. Every node with a kernel that takes PEs belongs to a *stage*, a group of nodes that run
 one after another on the same PE rectangle:
 
-- every linear starts a new stage (a region per weight matrix), and so does an embedding
-  whose ids are computed on the wafer;
+- every projection (a linear, or a swiglu with its gate and up weights) starts a new stage (a
+  region per weight matrix, or per pair of them), and so does an embedding whose ids are
+  computed on the wafer;
 - every other kernel (attention, layer norm, residual add, GELU, softmax, ...) joins the stage
   of its latest producer (the one with the highest stage index), so it runs where its input
   already is: attention with the QKV projection, the residual add and the next layer norm with
@@ -44,7 +45,8 @@ from cgc.backends.cerebras.precision import BYTES, check_precision
 from cgc.errors import CgcError, InputError, IRError
 from cgc.ir import Graph, Node, Value
 
-ANCHOR_OPS = frozenset({"linear", "embedding"})  # the ops that keep a weight matrix resident
+PROJECTION_OPS = frozenset({"linear", "swiglu"})  # weight-stationary GEMMs: a stage each
+ANCHOR_OPS = PROJECTION_OPS | {"embedding"}  # the ops that keep a weight matrix resident
 # Longest side of a region over its shortest: thin regions would make the tiling's row or
 # column chains long and the activations cross many hops.
 ASPECT_LIMIT = 4
@@ -54,7 +56,9 @@ MODES = ("auto", "pipelined", "streaming")
 # for each would make every try tile the anchor afresh.
 HELD_GRAIN = 512
 
-_BLOCK = re.compile(r"(?:^|\.)h\.(\d+)(?:\.|$)")
+# A transformer block's module path: GPT-2's `h.N`, Llama's, OPT's, NeoX's and PyTorch's
+# `layers.N`, `blocks.N`.
+_BLOCK = re.compile(r"(?:^|\.)(?:h|layers|blocks)\.(\d+)(?:\.|$)")
 
 
 class PlanError(CgcError):
@@ -157,7 +161,11 @@ def _group_forward(
         produced = [value_stage[v.name] for v in node.inputs if v.name in value_stage]
         if produced and (is_free or node.op not in ANCHOR_OPS):
             place(node, max(produced))
-        elif node.op == "linear" or node.op in ANCHOR_OPS and (produced or waiting_kernels(node)):
+        elif (
+            node.op in PROJECTION_OPS
+            or node.op in ANCHOR_OPS
+            and (produced or waiting_kernels(node))
+        ):
             place(node, new_stage(node))
         else:
             waiting[id(node)] = node

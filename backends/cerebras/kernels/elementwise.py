@@ -1,5 +1,5 @@
-"""Elementwise ops (unary, binary, compare, select, GELU and its gradient): tokens over rows,
-features over columns.
+"""Elementwise ops (unary, binary, compare, select, GELU and its gradient, SiLU): tokens over
+rows, features over columns.
 
 Operands that vary from token to token stream down the columns with the tokens; operands that
 do not (a bias [D], a scalar constant) stay resident in each PE's slice. Each element costs the
@@ -31,6 +31,9 @@ ELEMENT_COST: dict[str, int] = {
     "tanh": C["tanh"],
     "erf": C["erf"],
     "sigmoid": C["sigmoid"],
+    "silu": C["sigmoid"] + C["mul"],
+    "sin": C["sin"],
+    "cos": C["cos"],
     "add": C["add"],
     "sub": C["add"],
     "mul": C["mul"],

@@ -43,14 +43,18 @@ class Linear(Kernel):
     """Weight-stationary x @ wᵀ + b: tokens stream through lanes of K-block chains."""
 
     max_chain = MAX_CHAIN
+    # Weight matrices multiplied by each token's x in the same pass, and FMAC-equivalents per
+    # output element that the chain's east end adds to combine their products (SwiGLU's gate).
+    products = 1
+    combine = 0
 
     def __init__(self, node, machine, precision) -> None:
         super().__init__(node, machine, precision)
         x, w = self.in_types[0], self.in_types[1]
         self.k, self.n = x.shape[-1], w.shape[0]
         self.m = x.numel // self.k
-        self.bias = len(self.in_types) == 3
-        self.weight_slots = (1, 2) if self.bias else (1,)
+        self.bias = len(self.in_types) == 2 + self.products
+        self.weight_slots = tuple(range(1, len(self.in_types)))
         self._lanes: dict[tuple[int, int], tuple[list[tuple], tuple | None]] = {}
         self._evaluated: dict[tuple[int, int, int], tuple[int, int, int]] = {}
 
@@ -98,11 +102,14 @@ class Linear(Kernel):
             return self._lanes[key]
         mach, b = self.machine, BYTES[self.precision]
         m, n, k_tile = self.m, self.n, ceil_div(self.k, chain)
-        vectors = k_tile + (chain > 1) + self.bias  # FMACs, the partial add, the bias add
+        # per product: FMACs and the partial add; then the bias add and the combination
+        vectors = self.products * (k_tile + (chain > 1)) + self.bias + self.combine
         x_words = m * words(k_tile, b)  # every token's x segment down each column
-        # x double buffer; per output: weight column, bias, fp32 accumulator, incoming partials
+        # x double buffer; per output and product: weight column, fp32 accumulator, incoming
+        # partials; per output: bias
         fixed = 2 * k_tile * b
-        per_output = k_tile * b + (b if self.bias else 0) + 4 + (8 if chain > 1 else 0)
+        per_product = k_tile * b + 4 + (8 if chain > 1 else 0)
+        per_output = self.products * per_product + (b if self.bias else 0)
         frontier, spill = [], None
         groups = 1
         while groups <= min(m, lanes):
@@ -110,7 +117,7 @@ class Linear(Kernel):
             peak = vectors * mach.vector_cycles(n_tile, self.precision)
             per_token = mach.sustained_cycles(peak) + mach.task_overhead_cycles
             # a lane emits fp32 partial sums (one per wavelet) or, at a chain's end, outputs
-            out = n_tile if chain > 1 else words(n_tile, b)
+            out = self.products * n_tile if chain > 1 else words(n_tile, b)
             compute, fabric = m_tile * per_token, max(x_words, m_tile * out)
             sram = fixed + per_output * n_tile
             self._evaluated[chain, lanes, groups] = compute, fabric, sram

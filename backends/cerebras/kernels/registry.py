@@ -26,6 +26,10 @@ from cgc.backends.cerebras.kernels.reduction import (
     TokenReduction,
     reduces_leading_axes,
 )
+from cgc.backends.cerebras.kernels.rms_norm import RMSNorm
+from cgc.backends.cerebras.kernels.rotary import RotaryEmbedding
+from cgc.backends.cerebras.kernels.scan import Scan
+from cgc.backends.cerebras.kernels.swiglu import SwiGLU
 from cgc.backends.cerebras.machine import Machine
 from cgc.errors import UnsupportedOpError
 from cgc.ir import Node
@@ -39,6 +43,10 @@ KERNELS: dict[str, type[Kernel]] = {
     "attention_grad": AttentionGrad,
     "layer_norm": LayerNorm,
     "layer_norm_grad": LayerNormGrad,
+    "swiglu": SwiGLU,
+    "rms_norm": RMSNorm,
+    "rotary_embedding": RotaryEmbedding,
+    "cumsum": Scan,
     "embedding": Embedding,
     "embedding_grad": EmbeddingGrad,
     "cross_entropy": CrossEntropy,

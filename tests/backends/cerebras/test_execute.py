@@ -120,6 +120,38 @@ ATTENTION = {
         "%q: f32[1,6,16], %k: f32[1,9,16], %v: f32[1,9,16]",
         "",
     ),
+    # 4 query heads on 2 key-value heads, and a padding mask
+    "grouped": (
+        "%y = attention(%q, %k, %v, %m) {causal=true, num_heads=4, num_kv_heads=2, scale=0.25}"
+        " : f32[2,12,64]",
+        "%q: f32[2,12,64], %k: f32[2,12,32], %v: f32[2,12,32]",
+        "  param %m: f32[2,1,1,12]\n",
+    ),
+    "multi_query": (
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=4, num_kv_heads=1, scale=0.25}"
+        " : f32[1,12,64]",
+        "%q: f32[1,12,64], %k: f32[1,12,16], %v: f32[1,12,16]",
+        "",
+    ),
+    # a window of 5 keys: the ring's slots hold keys of several ages
+    "sliding_window": (
+        "%y = attention(%q, %k, %v) {causal=true, num_heads=4, num_kv_heads=2, scale=0.25,"
+        " window=5} : f32[2,12,64]",
+        "%q: f32[2,12,64], %k: f32[2,12,32], %v: f32[2,12,32]",
+        "",
+    ),
+    "alibi": (
+        "%y = attention(%q, %k, %v) {alibi_slopes=[0.25, 0.0625], causal=true, num_heads=2,"
+        " scale=0.2} : f32[1,10,32]",
+        "%q: f32[1,10,32], %k: f32[1,10,32], %v: f32[1,10,32]",
+        "",
+    ),
+    # decoder queries on the encoder's keys: longer queries, no causal mask
+    "cross": (
+        "%y = attention(%q, %k, %v) {num_heads=2, scale=0.2} : f32[2,11,32]",
+        "%q: f32[2,11,32], %k: f32[2,7,32], %v: f32[2,7,32]",
+        "",
+    ),
 }
 
 
@@ -135,12 +167,19 @@ def test_attention(one_node, precision, rect, case) -> None:
     args = [randn(*v.shape, seed=i) for i, v in enumerate(node.inputs)]
     if case == "masked":
         args[3] = torch.where(randn(10, 14, seed=9) > 1.0, -1e4, 0.0)
+    if case == "grouped":
+        args[3] = torch.zeros(2, 1, 1, 12)
+        args[3][1, ..., :4] = -math.inf  # the second sequence is left-padded
     out = run(node, args, *rect, precision)
     ref = reference(node, args)
     if precision == "fp32":
         assert_fp32_close(out, ref)
-    u, h = UNIT_ROUNDOFF[precision], node.attrs["num_heads"]
-    q, k, v = (a.double().abs().reshape(a.shape[0], a.shape[1], h, -1) for a in args[:3])
+    u, h, kh = UNIT_ROUNDOFF[precision], node.attrs["num_heads"], node.attrs["num_kv_heads"]
+    q = args[0].double().abs().reshape(*args[0].shape[:2], h, -1)
+    k, v = (
+        a.double().abs().reshape(*a.shape[:2], kh, -1).repeat_interleave(h // kh, 2)
+        for a in args[1:3]
+    )
     d, s = q.shape[-1], k.shape[1]
     qk = torch.einsum("bthd,bshd->bhts", q, k).max().item()
     scale = node.attrs["scale"]
@@ -312,3 +351,124 @@ def test_execute_checks_the_program(one_node) -> None:
         k.execute([x, w], [b], 4, 4)
     with pytest.raises(InputError, match=r"operand 1 should be f32\[96,80\], got shape \[80, 96\]"):
         k.execute([x], [w.T, b], 4, 4)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("rect", RECTS)
+def test_rms_norm(one_node, precision, rect) -> None:
+    """Bound (first order, x 1.5): with z = x/r, rounding x by u moves z by at most 2u|z|
+    (u in x, u in r); w and the output are rounded (u each); the fp32 statistic adds
+    (D + 10)·2⁻²⁴·|z|·|w|."""
+    node = one_node(
+        "%y = rms_norm(%x, %w) {eps=1e-06} : f32[3,5,70]",
+        "%x: f32[3,5,70]",
+        "  param %w: f32[70]\n",
+    )
+    x, w = randn(3, 5, 70, seed=1), randn(70, seed=2)
+    out = run(node, [x, w], *rect, precision)
+    ref = reference(node, [x, w])
+    if precision == "fp32":
+        assert_fp32_close(out, ref)
+    u = UNIT_ROUNDOFF[precision]
+    xd, wd = x.double(), w.double().abs()
+    z = (xd * torch.rsqrt(xd.square().mean(-1, keepdim=True) + 1e-6)).abs()
+    bound = 3 * u * z * wd + u * out.double().abs() + 80 * U32 * z * wd
+    assert ((out.double() - ref).abs() <= 1.5 * bound).all()
+
+
+ROTARY = {
+    # GPT-NeoX/Llama halves, a table shared by the batch
+    "half": ("interleaved=false, num_heads=4, rotary_dim=16", "f32[9,8]"),
+    # GPT-J pairs, partial rotary (8 of 16 features), per-sequence tables (position ids)
+    "interleaved_partial": ("interleaved=true, num_heads=4, rotary_dim=8", "f32[2,9,4]"),
+    "half_partial": ("interleaved=false, num_heads=4, rotary_dim=8", "f32[9,4]"),
+}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("rect", ((1, 1), (2, 3), (8, 40)))
+@pytest.mark.parametrize("case", sorted(ROTARY))
+def test_rotary_embedding(one_node, precision, rect, case) -> None:
+    """Bound: (2u + u² + 3·2⁻²⁴)·(|a||cos| + |b||sin|) + u|ŷ|: a, b, cos and sin are rounded
+    (u each, products of two), two fp32 products and a sum, the output rounded; features past
+    rotary_dim only pass through (u)."""
+    attrs, table = ROTARY[case]
+    node = one_node(
+        f"%y = rotary_embedding(%x, %c, %s) {{{attrs}}} : f32[2,9,64]",
+        "%x: f32[2,9,64]",
+        f"  param %c: {table}\n  param %s: {table}\n",
+    )
+    angles = randn(*node.inputs[1].shape, seed=3, scale=3.0)
+    x, cos, sin = randn(2, 9, 64, seed=1), angles.cos(), angles.sin()
+    out = run(node, [x, cos, sin], *rect, precision)
+    ref = reference(node, [x, cos, sin])
+    if precision == "fp32":
+        assert_fp32_close(out, ref)
+    u = UNIT_ROUNDOFF[precision]
+    # |a||cos| + |b||sin| per output: rotating |x| by |cos| and ∓|sin| gives it on the first
+    # and second feature of each pair respectively, and less on the other
+    s = torch.maximum(*(reference(node, [x.abs(), cos.abs(), t]) for t in (sin.abs(), -sin.abs())))
+    bound = (2 * u + u * u + 3 * U32) * s + u * out.double().abs()
+    assert ((out.double() - ref).abs() <= bound * 1.0001).all()
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("rect", RECTS)
+def test_swiglu(one_node, precision, rect) -> None:
+    """Bound (x 1.5): each product errs by E = (2u + u²)·S + (K + 1)·2⁻²⁴·(1 + u)²·S as a
+    linear's, S = |x|·|w|ᵀ; silu's slope is at most 1.1, so the output errs by
+    1.1·E_gate·|up| + |silu(gate)|·E_up + E_gate·E_up, and is rounded (u)."""
+    node = one_node(
+        "%y = swiglu(%x, %g, %u) : f32[2,8,48]",
+        "%x: f32[2,8,80]",
+        "  param %g: f32[48,80]\n  param %u: f32[48,80]\n",
+    )
+    x = randn(2, 8, 80, seed=1)
+    w_gate, w_up = randn(48, 80, seed=2, scale=0.2), randn(48, 80, seed=3, scale=0.2)
+    out = run(node, [x, w_gate, w_up], *rect, precision)
+    ref = reference(node, [x, w_gate, w_up])
+    if precision == "fp32":
+        assert_fp32_close(out, ref)
+    u = UNIT_ROUNDOFF[precision]
+    xd = x.double()
+    gate, up = xd @ w_gate.double().T, xd @ w_up.double().T
+
+    def err(w):
+        s = xd.abs() @ w.double().abs().T
+        return (2 * u + u * u) * s + 81 * U32 * (1 + u) ** 2 * s
+
+    e_gate, e_up = err(w_gate), err(w_up)
+    silu = gate * torch.sigmoid(gate)
+    bound = 1.1 * e_gate * up.abs() + silu.abs() * e_up + e_gate * e_up + u * out.double().abs()
+    assert ((out.double() - ref).abs() <= 1.5 * bound + 1e-30).all()
+
+
+def test_cumsum_of_a_padding_mask_is_exact(one_node) -> None:
+    """OPT's and BLOOM's positions: integers add exactly, on any rectangle."""
+    node = one_node("%y = cumsum(%x) {axis=1} : i64[3,37]", "%x: i64[3,37]")
+    mask = torch.ones(3, 37, dtype=torch.int64)
+    mask[1, :5] = 0
+    mask[2, :30] = 0
+    for rect in RECTS:
+        out = run(node, [mask], *rect, "cb16")
+        assert out.dtype == torch.int64 and torch.equal(out, mask.cumsum(1))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_cumsum_of_floats_carries_west_to_east(one_node, precision) -> None:
+    """Bound: u·Σ|x| (operands rounded) + D·2⁻²⁴·Σ|x| (fp32 sums) + u|ŷ| (output rounded);
+    the carry chain adds segments' totals in order west to east."""
+    node = one_node("%y = cumsum(%x) {axis=-1} : f32[4,50]", "%x: f32[4,50]")
+    x = randn(4, 50, seed=5)
+    out = run(node, [x], 3, 7, precision)
+    ref = reference(node, [x])
+    if precision == "fp32":
+        assert_fp32_close(out, ref)
+    u = UNIT_ROUNDOFF[precision]
+    running = x.double().abs().cumsum(-1)
+    bound = u * running + 50 * U32 * running + u * out.double().abs()
+    assert ((out.double() - ref).abs() <= bound).all()
+    # the chain's order: 1e8 enters the carry first, so the 1s of later segments are lost
+    node = one_node("%y = cumsum(%x) {axis=-1} : f32[1,3]", "%x: f32[1,3]")
+    (y,) = run(node, [torch.tensor([[1e8, 1.0, -1e8]])], 1, 3, "fp32").tolist()
+    assert y == [1e8, 1e8, 0.0]

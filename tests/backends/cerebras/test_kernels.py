@@ -295,3 +295,158 @@ def test_elementwise_keeps_token_invariant_operands_resident(one_node) -> None:
     mask = one_node("%y = add(%x, %m) : f32[2,8,64]", "%x: f32[2,8,64]", "  param %m: f32[8,64]\n")
     assert kernel_for(bias, WSE2, "fp32").weight_slots == (1,)
     assert kernel_for(mask, WSE2, "fp32").weight_slots == ()  # [8, 64] varies between tokens
+
+
+def test_every_op_of_a_fused_llama_block_has_a_kernel(one_node) -> None:
+    kinds = {
+        op: type(kernel_for(one_node(body, inputs, params), WSE2, "fp16")).__name__
+        for op, (body, inputs, params) in LLAMA_OPS.items()
+    }
+    assert kinds == {
+        "rms_norm": "RMSNorm",
+        "rotary_embedding": "RotaryEmbedding",
+        "swiglu": "SwiGLU",
+        "cumsum": "Scan",
+        "silu": "Elementwise",
+        "cos": "Elementwise",
+        "sin": "Elementwise",
+    }
+
+
+LLAMA_OPS = {
+    "rms_norm": (
+        "%y = rms_norm(%x, %w) {eps=1e-06} : f32[1,8,64]",
+        "%x: f32[1,8,64]",
+        "  param %w: f32[64]\n",
+    ),
+    "rotary_embedding": (
+        "%y = rotary_embedding(%x, %c, %s) {interleaved=false, num_heads=4, rotary_dim=8}"
+        " : f32[1,8,64]",
+        "%x: f32[1,8,64]",
+        "  param %c: f32[8,4]\n  param %s: f32[8,4]\n",
+    ),
+    "swiglu": (
+        "%y = swiglu(%x, %g, %u) : f32[1,8,32]",
+        "%x: f32[1,8,64]",
+        "  param %g: f32[32,64]\n  param %u: f32[32,64]\n",
+    ),
+    "cumsum": ("%y = cumsum(%x) {axis=1} : i64[2,16]", "%x: i64[2,16]", ""),
+    "silu": ("%y = silu(%x) : f32[2,8]", "%x: f32[2,8]", ""),
+    "cos": ("%y = cos(%x) : f32[2,8]", "%x: f32[2,8]", ""),
+    "sin": ("%y = sin(%x) : f32[2,8]", "%x: f32[2,8]", ""),
+}
+
+
+def test_rms_norm_on_4x4_has_an_exact_tiling_sram_and_cycle_count(one_node) -> None:
+    k = kernel_for(one_node(*LLAMA_OPS["rms_norm"]), WSE2, "fp32")
+    assert k.weight_slots == (1,)
+    t = k.tiling(4, 4)
+    assert (t["kernel"], t["m_tile"], t["d_tile"], t["chain"]) == ("rms_norm", 2, 16, 4)
+    # scale slice 16·4 + double-buffered token slice 2·16·4
+    assert k.sram_bytes(4, 4) == 64 + 128
+    # per token: square-sum, normalise, scale: 3 vectors of 16 + 2 scalar + rsqrt 6 = 56 peak
+    # → ⌈56 / 0.37⌉ = 152, + 20 task = 172, x 2 tokens; column links carry 8 tokens x 16
+    # words; latency 4 rows + 2 x 4 chain hops + 20
+    assert k.cost(4, 4) == Cost(344, 128, 32, 376)
+
+
+def test_rotary_embedding_keeps_whole_heads_on_a_pe(one_node) -> None:
+    k = kernel_for(one_node(*LLAMA_OPS["rotary_embedding"]), WSE2, "fp32")
+    assert k.weight_slots == ()  # the cos and sin rows vary from token to token: they stream
+    t = k.tiling(4, 3)
+    # 4 heads over 3 columns: 2 heads per PE, so 2 columns are used and no pair is split
+    assert (t["m_tile"], t["head_tile"], t["used_cols"], t["rotary_dim"]) == (2, 2, 2, 8)
+    # token slice 2·16 features double-buffered, cos and sin rows of 4 double-buffered, output
+    assert k.sram_bytes(4, 3) == 2 * 32 * 4 + 2 * 2 * 4 * 4 + 32 * 4
+    # per token: 4 vectors over 2 heads x 4 pairs = 32 peak → ⌈32 / 0.37⌉ = 87, + 20, x 2;
+    # column links: 8 tokens x (32 feature words + 2 x 4 table words)
+    assert k.cost(4, 3) == Cost(214, 320, 24, 344)
+
+
+def test_swiglu_sends_x_once_for_both_products(one_node) -> None:
+    k = kernel_for(one_node(*LLAMA_OPS["swiglu"]), WSE2, "fp32")
+    assert k.weight_slots == (1, 2)
+    assert k.weight_bytes() == 2 * 32 * 64 * 4
+    t = k.tiling(4, 4)
+    assert (t["kernel"], t["chain"], t["lanes"], t["token_groups"]) == ("swiglu", 1, 16, 2)
+    assert (t["m_tile"], t["k_tile"], t["n_tile"]) == (4, 64, 4)
+    # x double buffer 2·64·4; per output, both weight columns and fp32 accumulators
+    assert k.sram_bytes(4, 4) == 512 + 4 * 2 * (64 * 4 + 4)
+    # per token: 2 x 64 FMAC vectors of 4 + sigmoid 10 + 2 multiplies = 140 vectors = 560 peak
+    # → ⌈560 / 0.37⌉ = 1514, + 20, x 4 tokens. Column links carry every token's x once (8 x
+    # 64 words), as one linear of the same shape would: the up projection adds no traffic.
+    assert k.cost(4, 4) == Cost(6136, 512, 25, 6161)
+    up = one_node(
+        "%y = linear(%x, %u) : f32[1,8,32]", "%x: f32[1,8,64]", "  param %u: f32[32,64]\n"
+    )
+    assert kernel_for(up, WSE2, "fp32").cost(4, 4).fabric == 512
+
+
+def test_cumsum_on_2x4_has_an_exact_tiling_and_cycle_count(one_node) -> None:
+    k = kernel_for(one_node(*LLAMA_OPS["cumsum"]), WSE2, "fp32")
+    t = k.tiling(2, 4)
+    assert (t["kernel"], t["m_tile"], t["d_tile"], t["chain"]) == ("scan", 1, 4, 4)
+    assert k.sram_bytes(2, 4) == 3 * 4 * 4
+    # per token: 4 scalar adds + one carry vector of 4 + 1 = 9 peak → ⌈9 / 0.37⌉ = 25, + 20;
+    # latency 2 rows + 4 chain hops + 20
+    assert k.cost(2, 4) == Cost(45, 8, 26, 71)
+    node = one_node("%y = cumsum(%x) {axis=0} : i64[2,16]", "%x: i64[2,16]")
+    with pytest.raises(UnsupportedOpError, match="scans only along the last axis"):
+        kernel_for(node, WSE2, "fp32")
+
+
+def _attention(one_node, attrs: str, kv_width: int):
+    q, kv = "f32[1,64,256]", f"f32[1,64,{kv_width}]"
+    node = one_node(f"%y = attention(%q, %k, %v) {{{attrs}}} : {q}", f"%q: {q}, %k: {kv}, %v: {kv}")
+    return kernel_for(node, WSE2, "fp16")
+
+
+def test_grouped_query_attention_holds_each_key_value_head_once(one_node) -> None:
+    mha = _attention(one_node, "causal=true, num_heads=8, scale=0.125", 256)
+    gqa = _attention(one_node, "causal=true, num_heads=8, num_kv_heads=2, scale=0.125", 64)
+    mqa = _attention(one_node, "causal=true, num_heads=8, num_kv_heads=1, scale=0.125", 32)
+    # 8, 2 and 1 key-value heads of 64 keys x (32 + 32) dims x 2 bytes
+    assert [k.resident_bytes() for k in (mha, gqa, mqa)] == [65536, 16384, 8192]
+    # On a 1x2 rectangle: MHA's lanes hold 4 heads' keys each; GQA's one group's, shared by
+    # its 4 query heads, whose 4 x 64 queries stream through the same lane.
+    t_mha, t_gqa = mha.tiling(1, 2), gqa.tiling(1, 2)
+    assert (t_mha["chain"], t_mha["pairs_per_lane"], t_mha["q_tile"]) == (1, 4, 64)
+    assert (t_gqa["chain"], t_gqa["pairs_per_lane"], t_gqa["q_tile"]) == (1, 1, 256)
+    # K and V blocks 4 x 64 x 64 x 2 (MHA) and 64 x 64 x 2 (GQA), + q buffers 2·32·2, fp32
+    # scores 64·4 and output 32·4
+    assert mha.sram_bytes(1, 2) == 32768 + 128 + 256 + 128
+    assert gqa.sram_bytes(1, 2) == 8192 + 128 + 256 + 128
+    # the same queries meet the same number of keys: the work is the same
+    assert mha.cost(1, 2).compute == gqa.cost(1, 2).compute
+    assert (mha.min_rect(), gqa.min_rect(), mqa.min_rect()) == ((1, 2), (1, 1), (1, 1))
+
+
+def test_a_sliding_window_keeps_only_its_keys_resident(one_node) -> None:
+    full = _attention(one_node, "causal=true, num_heads=8, num_kv_heads=2, scale=0.125", 64)
+    window = _attention(
+        one_node, "causal=true, num_heads=8, num_kv_heads=2, scale=0.125, window=16", 64
+    )
+    assert window.resident_bytes() == full.resident_bytes() // 4 == 4096
+    t = window.tiling(4, 8)
+    assert (t["kv_resident"], t["chain"], t["kv_tile"]) == (16, 1, 16)
+    # 16 keys x 64 dims x 2 bytes + q buffers 128 + fp32 scores 16·4 + output 128 + the
+    # keys-only work: each query scores 16 keys, not 64
+    assert window.sram_bytes(4, 8) == 2048 + 128 + 64 + 128
+    assert full.sram_bytes(4, 8) == 8192 + 128 + 256 + 128
+    assert window.cost(4, 8) == Cost(15552, 2304, 25, 15577)
+    assert full.cost(4, 8) == Cost(54992, 2304, 25, 55017)
+
+
+def test_alibi_costs_one_vector_per_block(one_node) -> None:
+    slopes = [2.0**-i for i in range(1, 9)]
+    plain = _attention(one_node, "causal=true, num_heads=8, num_kv_heads=2, scale=0.125", 64)
+    alibi = _attention(
+        one_node,
+        f"alibi_slopes={slopes}, causal=true, num_heads=8, num_kv_heads=2, scale=0.125",
+        64,
+    )
+    assert alibi.tiling(4, 8) == plain.tiling(4, 8)
+    assert alibi.sram_bytes(4, 8) == plain.sram_bytes(4, 8)
+    # one more vector of 64 keys at 4 FMAC/cycle = 16 peak cycles a query, 43 sustained
+    # (⌈(p + 16)/0.37⌉ - ⌈p/0.37⌉ at this p); 16 queries a lane
+    assert alibi.cost(4, 8).compute - plain.cost(4, 8).compute == 16 * 43
