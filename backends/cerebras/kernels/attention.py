@@ -248,7 +248,6 @@ def attention_bias(t: int, s: int, causal: bool, mask: torch.Tensor | None) -> t
     return bias if mask is None else bias + mask
 
 
-
 def _rescale(m: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     """exp(m - top), and 0 for an empty partial (m = -inf, even when top is -inf too)."""
     return torch.where(m == -torch.inf, 0.0, torch.exp(m - top))
