@@ -35,7 +35,7 @@ from cgc.backends.cerebras.kernels.base import Cost, Kernel, ceil_div, pick_tili
 from cgc.backends.cerebras.machine import VECTOR_OP_COST
 from cgc.backends.cerebras.precision import BYTES, round_to
 from cgc.backends.cerebras.tiles import chain_sum
-from cgc.errors import InputError
+from cgc.errors import InputError, UnsupportedOpError
 
 # Node meta key: how many sequences' caches the region keeps (at least the batch). A decode
 # pipeline with several passes in flight needs one cache per sequence in flight.
@@ -52,6 +52,12 @@ class CachedAttention(Kernel):
         q, cache = self.in_types[0], self.in_types[3]
         self.batch, self.new, _ = q.shape
         _, self.heads, self.capacity, self.head_dim = cache.shape
+        a = self.attrs
+        if a["num_kv_heads"] != a["num_heads"] or a["window"] or a["alibi_slopes"]:
+            raise UnsupportedOpError(
+                f"cached_attention at {self.where}: the wafer's decode kernel caches one key-value "
+                "head per query head, with no sliding window and no ALiBi bias"
+            )
         sequences = int(node.meta.get(CACHE_SEQUENCES, self.batch))
         if sequences < self.batch:
             raise InputError(

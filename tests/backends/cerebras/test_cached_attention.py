@@ -7,7 +7,7 @@ import torch
 from cgc.backends.cerebras import WSE2, kernel_for
 from cgc.backends.cerebras.kernels import Cost
 from cgc.backends.cerebras.kernels.cached_attention import CACHE_SEQUENCES
-from cgc.errors import InputError
+from cgc.errors import InputError, UnsupportedOpError
 from cgc.ir import get_op
 
 
@@ -83,9 +83,9 @@ def test_execution_equals_the_reference_and_writes_the_cache_in_place(one_node, 
     q, key, value = (torch.randn(2, 3, 8, generator=g) for _ in range(3))
     k_cache, v_cache = torch.randn(2, 2, 16, 4, generator=g), torch.randn(2, 2, 16, 4, generator=g)
     past = torch.tensor([0, 5])  # ragged: the sequences hold different lengths
-    ref = get_op("cached_attention").impl(
-        q, key, value, k_cache.clone(), v_cache.clone(), past, num_heads=2, scale=0.5
-    )
+    op = get_op("cached_attention")
+    attrs = op.complete_attrs({"num_heads": 2, "scale": 0.5})
+    ref = op.impl(q, key, value, k_cache.clone(), v_cache.clone(), past, **attrs)
     if (rows, cols) == (4, 8):  # 8 PEs per pair, as a 3 x 3 group with one PE unused
         t = k.tiling(rows, cols)
         assert (t["blocks"], t["kv_tile"], t["group_rows"], t["group_cols"]) == (8, 2, 3, 3)
@@ -113,3 +113,16 @@ def test_tokens_past_the_capacity_are_refused(one_node) -> None:
     args = [torch.zeros(1, 3, 8)] * 3 + [torch.tensor([14])]
     with pytest.raises(InputError, match=r"3 new tokens after \[14\] cached exceed the capacity"):
         k.execute(args, [torch.zeros(1, 2, 16, 4), torch.zeros(1, 2, 16, 4)], 2, 2)
+
+
+def test_grouped_query_caches_are_refused_in_one_line(one_node) -> None:
+    body = (
+        "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) "
+        "{num_heads=2, num_kv_heads=1, scale=0.5} : f32[1,1,8], f32[1,1,16,4], f32[1,1,16,4]"
+    )
+    inputs = (
+        "%q: f32[1,1,8], %k: f32[1,1,4], %v: f32[1,1,4], %kc: f32[1,1,16,4], "
+        "%vc: f32[1,1,16,4], %past: i64[1]"
+    )
+    with pytest.raises(UnsupportedOpError, match="one key-value head per query head"):
+        kernel_for(one_node(body, inputs), WSE2, "fp32")
