@@ -37,6 +37,9 @@ from cgc.training.loss_scale import DynamicLossScale, all_finite
 from cgc.training.split import carried, inputs_to_params, split_step
 from cgc.training.step import GRAD
 
+LOSS_SCALE = "loss_scale"  # the joint part's input of the scale (and the checkpoint's entry)
+GOOD_STEPS = "loss_scale.good_steps"
+
 
 class WaferTrainingSession:
     """One training step compiled for a simulated wafer, with the state MemoryX keeps.
@@ -44,7 +47,9 @@ class WaferTrainingSession:
     `step(inputs)` runs the program on the batch inputs (and `step`) and applies the update;
     it returns the step graph's scalar outputs (loss, grad_norm, lr), the simulated
     `wafer_cycles` and `wafer_tokens_per_s` of one step, and with loss scaling `loss_scale`
-    and `skipped` (1.0 when the update was skipped on overflow).
+    and `skipped` (1.0 when the update was skipped on overflow). Carried inputs missing from
+    `state` (optimizer state) start at zero; with `in_place` the tensors of `state` follow the
+    training, as the other backends' sessions do (cgc.training.runners).
     """
 
     def __init__(
@@ -57,29 +62,35 @@ class WaferTrainingSession:
         precision: str = "fp32",
         mode: str = "auto",
         loss_scale: DynamicLossScale | None = None,
+        in_place: bool = False,
     ) -> None:
         self.pairs = carried(step_graph)
-        missing = [x for x in self.pairs if x not in state]
-        if missing:
-            raise InputError(f"no initial value for %{missing[0]} of the training step")
         joint, self.update, self.params = split_step(step_graph)
         if loss_scale is None and precision == "fp16":
             loss_scale = DynamicLossScale()
         self.loss_scale = loss_scale
-        if loss_scale is not None:
-            scale_loss(joint)
+        scale_input = scale_loss(joint, LOSS_SCALE) if loss_scale is not None else None
         self.options = {"target": target, "precision": precision, "mode": mode}
         self.program, self.simulator = _simulate(joint, self.options)
         weights = step_graph.weights
         self.frozen = {n: weights[n] for n in self.program["params"] if n in weights}
-        self.batch_names = [v.name for v in joint.inputs if v.name != "loss_scale"]
+        self.batch_names = [v.name for v in joint.inputs if v is not scale_input]
         estimate = report.estimate(
             self.program, self.simulator.region_cycles, self.simulator.recompute_cycles or None
         )
         self.cycles = estimate["period_cycles"]
         self.tokens_per_s = estimate["tokens_per_s"]
         self.report = estimate
-        self.state = {x: state[x].detach().clone().float() for x in self.pairs}
+        types = {v.name: v.type for v in step_graph.inputs}
+        self.state = {
+            x: state[x].detach().clone().float()
+            if x in state
+            else torch.zeros(types[x].shape, dtype=types[x].torch_dtype)
+            for x in self.pairs
+        }
+        self._given = {x: t for x, t in state.items() if x in self.pairs} if in_place else {}
+        if self.loss_scale is not None and LOSS_SCALE in state:
+            self._load_scale(state)
         self._eval_graph = eval_graph
         self._eval: tuple[dict[str, Any], Simulator, list[str]] | None = None
 
@@ -110,6 +121,9 @@ class WaferTrainingSession:
             named = {v.name: out for v, out in zip(self.update.outputs, outputs, strict=True)}
             for x, new_x in self.pairs.items():
                 self.state[x] = named[new_x]
+            with torch.no_grad():
+                for x, tensor in self._given.items():
+                    tensor.copy_(self.state[x])
         metrics |= {"wafer_cycles": float(self.cycles), "wafer_tokens_per_s": self.tokens_per_s}
         if scale is not None:
             metrics |= {"loss_scale": scale, "skipped": 0.0 if apply else 1.0}
@@ -129,13 +143,26 @@ class WaferTrainingSession:
         return simulator.run(*(_need(inputs, n) for n in names))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Copies of the parameters and optimizer state, by input name."""
-        return {x: v.clone() for x, v in self.state.items()}
+        """Copies of the parameters and optimizer state, by input name; with loss scaling also
+        the scale and its growth counter (`loss_scale`, `loss_scale.good_steps`), so a
+        resumed run scales as the uninterrupted one."""
+        state = {x: v.clone() for x, v in self.state.items()}
+        if self.loss_scale is not None:
+            state[LOSS_SCALE] = torch.tensor(self.loss_scale.scale, dtype=torch.float64)
+            state[GOOD_STEPS] = torch.tensor(self.loss_scale.good_steps)
+        return state
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Overwrite the parameters and optimizer state."""
+        """Overwrite the parameters and optimizer state (and the loss scale, when given)."""
         for x in self.state:
             self.state[x] = state[x].detach().clone().float()
+        if self.loss_scale is not None and LOSS_SCALE in state:
+            self._load_scale(state)
+
+    def _load_scale(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.loss_scale.load_state_dict(
+            {"scale": float(state[LOSS_SCALE]), "good_steps": int(state[GOOD_STEPS])}
+        )
 
 
 def _simulate(graph: Graph, options: dict[str, str]) -> tuple[dict[str, Any], Simulator]:

@@ -35,7 +35,7 @@ from cgc.training.step import STEP
 from cgc.training.task import _feed, _kind_of
 from cgc.training.trainer import select_loss, training_graphs
 
-TRAIN_BACKENDS = ("onnxruntime",)
+TRAIN_BACKENDS = ("onnxruntime", "cerebras")
 
 
 class TrainingTolerance(Tolerance):
@@ -75,9 +75,14 @@ def check_training(
     rtol: float = 1e-4,
     atol: float = 0.0,
     pipeline: str = "default",
+    target: str | None = None,
+    precision: str | None = None,
+    tolerances: dict[str, tuple[float, float]] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> CheckReport:
-    """Train MODEL for `steps` steps in eager PyTorch, the interpreter and `backends`."""
+    """Train MODEL for `steps` steps in eager PyTorch, the interpreter and `backends`;
+    `target` and `precision` choose the cerebras backend's simulated wafer, and `tolerances`
+    gives a backend its own (rtol, atol) instead of `rtol` and `atol`."""
     for name in backends:
         if name not in TRAIN_BACKENDS:
             raise InputError(
@@ -113,7 +118,8 @@ def check_training(
         int((~_determined(ref["grads"].get(n), rtol, atol)).sum()) for n in ref["params"]
     )
     total = sum(p.numel() for p in ref["params"].values())
-    tols = {t: Tolerance(rtol, atol) for t in (INTERPRETER, *backends)}
+    tols = {t: (tolerances or {}).get(t, (rtol, atol)) for t in (INTERPRETER, *backends)}
+    wafer = {"target": target, "precision": precision}
     report = CheckReport(
         loaded.name,
         f"{steps} {optimizer.name} steps on batches {shapes}, weights {loaded.weights}; "
@@ -124,29 +130,36 @@ def check_training(
         pipeline=f"{pipeline},autodiff,train-step",
         detail_ok=False,
     )
-    for target in tols:
-        progress(f"training with {target} ...")
+    for backend, (b_rtol, b_atol) in tols.items():
+        progress(f"training with {backend} ...")
         began = time.perf_counter()
-        session = open_session(target, graphs.step, graphs.initial)
+        options = wafer if backend == "cerebras" else {}
+        session = open_session(backend, graphs.step, graphs.initial, **options)
         losses = []
         for i, b in enumerate(batches):
             losses.append(
                 session.step(dict(zip(names, b, strict=True)) | {STEP: torch.tensor(i)})["loss"]
             )
         params = session.state_dict()
-        grads = _gradients(joint, batches[0], target)
-        report.seconds[target] = time.perf_counter() - began
+        grads = _gradients(joint, batches[0], backend, options)
+        report.seconds[backend] = time.perf_counter() - began
         rows = [
             compare(
-                "loss", torch.tensor(losses, dtype=torch.float64), ref["loss"], rtol=rtol, atol=atol
+                "loss",
+                torch.tensor(losses, dtype=torch.float64),
+                ref["loss"],
+                rtol=b_rtol,
+                atol=b_atol,
             )
         ]
-        rows += [_per_tensor(f"grad.{n}", grads[n], g, rtol, atol) for n, g in ref["grads"].items()]
+        rows += [
+            _per_tensor(f"grad.{n}", grads[n], g, b_rtol, b_atol) for n, g in ref["grads"].items()
+        ]
         for n, p in ref["params"].items():
-            determined = _determined(ref["grads"].get(n), rtol, atol)
+            determined = _determined(ref["grads"].get(n), b_rtol, b_atol)
             got_p = torch.where(determined, params[n], p)  # the rest equal by fiat
-            rows.append(_per_tensor(n, got_p, p, rtol, atol))
-        report.results[target] = rows
+            rows.append(_per_tensor(n, got_p, p, b_rtol, b_atol))
+        report.results[backend] = rows
     return report
 
 
@@ -183,12 +196,16 @@ def _eager(module, batches, optimizer, schedule, own) -> dict:
     return {"loss": torch.tensor(losses, dtype=torch.float64), "grads": grads, "params": final}
 
 
-def _gradients(joint: Graph, batch: Sequence[torch.Tensor], target: str) -> dict[str, torch.Tensor]:
-    """The first step's gradients from the joint (loss, grad.<param>) graph on `target`."""
-    if target == INTERPRETER:
+def _gradients(
+    joint: Graph, batch: Sequence[torch.Tensor], backend: str, options: dict[str, str | None]
+) -> dict[str, torch.Tensor]:
+    """The first step's gradients from the joint (loss, grad.<param>) graph on `backend`."""
+    if backend == INTERPRETER:
         outputs = interpret(joint, *batch)
     else:
-        outputs = driver.compile_graph(joint, target, {"purpose": "check --train"}).run(*batch)
+        given = {k: v for k, v in options.items() if v}
+        artifact = driver.compile_graph(joint, backend, {"purpose": "check --train"}, **given)
+        outputs = artifact.run(*batch)
     return {
         v.name[len("grad.") :]: t
         for v, t in zip(joint.outputs, outputs, strict=True)

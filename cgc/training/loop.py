@@ -45,8 +45,14 @@ from cgc.training.trainer import Trainer, training_graphs
 # Options that change the losses of a run; a resumed run must keep them.
 _TRAJECTORY = (
     "steps", "batch", "seq_len", "lr", "warmup", "schedule", "min_lr", "optimizer",
-    "weight_decay", "momentum", "clip", "seed", "val_every", "val_batches",
+    "weight_decay", "momentum", "clip", "seed", "val_every", "val_batches", "target",
+    "precision",
 )  # fmt: skip
+
+
+# What a simulated wafer's session reports per step besides the step graph's scalars
+# (cgc.backends.cerebras.training); recorded in metrics.jsonl as they come.
+WAFER_METRICS = ("wafer_cycles", "wafer_tokens_per_s", "loss_scale", "skipped")
 
 
 class TrainingStopped(CgcError):
@@ -69,6 +75,8 @@ class RunConfig:
     momentum: float = 0.9
     clip: float = MAX_GRAD_NORM  # 0 turns clipping off
     backend: str = "onnxruntime"
+    target: str | None = None  # [wse2] the cerebras backend's wafer
+    precision: str | None = None  # [fp32] and its arithmetic
     tokenizer: str = "bytes"
     seed: int = 0
     save_every: int = 100
@@ -86,6 +94,9 @@ class RunConfig:
             raise InputError(f"unknown schedule {self.schedule!r}; choose {', '.join(KINDS)}")
         if self.backend not in BACKENDS:
             raise InputError(f"unknown backend {self.backend!r}; choose {', '.join(BACKENDS)}")
+        wafer = [k for k in ("target", "precision") if getattr(self, k) is not None]
+        if wafer and self.backend != "cerebras":
+            raise InputError(f"--{wafer[0]} applies to --backend cerebras")
         if self.lr <= 0 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
             raise InputError("--lr must be positive and --min-lr between 0 and --lr")
 
@@ -186,14 +197,21 @@ def train(
         missing = sorted(set(graphs.optimizer_state()) - set(saved.optimizer))
         if missing:
             raise InputError(f"{checkpoint}: no optimizer state {missing[0]}")
-        state |= {k: saved.optimizer[k] for k in graphs.optimizer_state()}
+        state |= saved.optimizer  # the optimizer state, and what else the session keeps
         start, position = saved.step, int(saved.state["data_position"])
         if start >= config.steps:
             raise InputError(f"{run} has finished its {config.steps} steps; nothing to resume")
     progress(f"starting the {config.backend} session ...")
     # The model was loaded for this run alone: train its tensors rather than a copy of them.
     session = open_session(
-        config.backend, graphs.step, state, graphs.eval, threads=threads, in_place=True
+        config.backend,
+        graphs.step,
+        state,
+        graphs.eval,
+        threads=threads,
+        in_place=True,
+        target=config.target,
+        precision=config.precision,
     )
     trainer = Trainer(
         graphs, session, task.batch_names, optimizer, seed=config.seed, save_model=task.save_model
@@ -307,10 +325,17 @@ def _loop(
                 "grad_norm": trainer.last["grad_norm"],
                 "tokens_per_s": tokens / seconds,
             }
+            # A simulated wafer's step: its cycles and the tokens/s they give (the wall clock
+            # above times the simulation).
+            wafer = {k: trainer.last[k] for k in WAFER_METRICS if k in trainer.last}
+            record |= wafer
             if step % config.val_every == 0 or step == config.steps:
                 record["val_loss"] = validate()
             metrics.write(record)
-            progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / seconds:,.0f}")
+            postfix = {"loss": f"{loss:.4f}", "tok_s": f"{tokens / seconds:,.0f}"}
+            if "wafer_tokens_per_s" in wafer:
+                postfix["wafer_tok_s"] = f"{wafer['wafer_tokens_per_s']:,.0f}"
+            progress.set_postfix(postfix)
             progress.update()
             if step % config.save_every == 0 or step == config.steps:
                 last_good = trainer.save(

@@ -16,7 +16,7 @@ from cgc.ir import Graph, interpret
 from cgc.training.step import carried
 
 INTERPRETER = "interpreter"
-BACKENDS = (INTERPRETER, "onnxruntime")
+BACKENDS = (INTERPRETER, "onnxruntime", "cerebras")
 
 
 class StepSession(Protocol):
@@ -94,10 +94,23 @@ def open_session(
     *,
     threads: int | None = None,
     in_place: bool = False,
+    target: str | None = None,
+    precision: str | None = None,
 ) -> StepSession:
-    """A session running `step_graph` on `backend` ("interpreter" or "onnxruntime"), starting
-    from `state`; carried inputs missing from it (optimizer state) start at zero. With
-    `in_place` the tensors of `state` follow the training (ORT updates them as its buffers)."""
+    """A session running `step_graph` on `backend` (one of BACKENDS), starting from `state`;
+    carried inputs missing from it (optimizer state) start at zero. With `in_place` the
+    tensors of `state` follow the training (ORT updates them as its buffers). `target` and
+    `precision` choose the simulated wafer of the cerebras backend (cgc.backends.cerebras.training)
+    [wse2, fp32]."""
+    wafer = {k: v for k, v in {"target": target, "precision": precision}.items() if v}
+    if wafer and backend != "cerebras":
+        raise InputError(f"--{', --'.join(wafer)} apply to the cerebras backend, not {backend}")
+    if backend == "cerebras":
+        from cgc.backends.cerebras.training import WaferTrainingSession
+
+        return WaferTrainingSession(
+            step_graph, state, eval_graph=eval_graph, in_place=in_place, **wafer
+        )
     if backend == INTERPRETER:
         return InterpreterSession(step_graph, state, eval_graph, in_place)
     if backend == "onnxruntime":

@@ -229,8 +229,13 @@ def compile_train(
     seed: int = 0,
     threads: int | None = None,
     in_place: bool = False,
+    target: str | None = None,
+    precision: str | None = None,
 ) -> Trainer:
-    """Compile `module`'s training step for `backend` ("onnxruntime" or "interpreter").
+    """Compile `module`'s training step for `backend` ("onnxruntime", "interpreter" or
+    "cerebras": a simulated wafer on `target` [wse2] in `precision` [fp32] computes loss and
+    gradients, the host the fp32 update; `trainer.last` then holds the step's simulated
+    `wafer_cycles` and `wafer_tokens_per_s`).
 
     `example_batch` is what the module takes (a tensor or a tuple). A module returning a 0-d
     loss is trained on it; one returning logits on the next-token cross-entropy of its input
@@ -255,7 +260,14 @@ def compile_train(
     select_loss(graph, own_loss=len(batch) > 1)
     graphs = training_graphs(graph, optimizer, schedule, max_grad_norm, pipeline=pipeline)
     session = open_session(
-        backend, graphs.step, graphs.initial, graphs.eval, threads=threads, in_place=in_place
+        backend,
+        graphs.step,
+        graphs.initial,
+        graphs.eval,
+        threads=threads,
+        in_place=in_place,
+        target=target,
+        precision=precision,
     )
     graphs.initial = {}
     return Trainer(
