@@ -62,7 +62,7 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             click.echo(f"error: {e}", err=True)
-            sys.exit(EXIT_USAGE)
+            sys.exit(getattr(e, "exit_code", EXIT_USAGE))
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -642,6 +642,12 @@ def generate_cmd(
     type=click.Choice(["onnxruntime", "interpreter"]),
     help="What runs the step graph [onnxruntime].",
 )
+@click.option(
+    "--systems",
+    type=int,
+    help="Data-parallel worker processes (torch.distributed, gloo), each with --batch/N of the "
+    "global batch; under torchrun, the workers it started [1].",
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Run folder [runs/MODEL].")
 @click.option("--save-every", type=int, help="Steps between checkpoints (and the last) [100].")
 @click.option("--keep", type=int, help="Checkpoints kept [2].")
@@ -667,8 +673,12 @@ def train_cmd(
     debug_options: DebugOptions,
     **given: Any,
 ) -> int:
+    from cgc.training.distributed import World
     from cgc.training.loop import train
 
+    world = World.from_env()
+    if world is not None and not world.is_main:  # under torchrun: rank 0 reports
+        console = Console(quiet=True, verbose=False)
     result = train(
         model,
         data,
@@ -680,6 +690,8 @@ def train_cmd(
         progress=console.step,
         bar=not console.quiet,
     )
+    if not result.val_losses:  # a worker other than rank 0
+        return 0
     (first_step, first), (last_step, last) = result.val_losses[0], result.val_losses[-1]
     console.result(
         f"{result.folder}: {result.steps} steps, loss {result.loss:.4f}; validation loss "
