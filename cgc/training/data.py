@@ -78,13 +78,14 @@ def _read_files(files: list[Path], where: str) -> Text:
     return Text(documents, f"{where}: {len(documents)} files{note}")
 
 
-def tokenize(text: Text, tokenizer: Tokenizer) -> np.ndarray:
+def tokenize(text: Text, tokenizer: Tokenizer, *, bar: bool = True) -> np.ndarray:
     """All documents as one int32 token stream, separated by end-of-text where the tokenizer
-    has one."""
+    has one; `bar` shows progress over many documents."""
     sep = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     pieces = []
     docs = text.documents
-    for i, doc in enumerate(tqdm(docs, desc="tokenizing", unit="file", disable=len(docs) < 100)):
+    shown = tqdm(docs, desc="tokenizing", unit="file", disable=not bar or len(docs) < 100)
+    for i, doc in enumerate(shown):
         pieces.append(np.asarray(tokenizer.encode(doc) + (sep if i < len(docs) - 1 else [])))
     return np.concatenate(pieces).astype(np.int32)
 

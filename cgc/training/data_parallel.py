@@ -118,7 +118,8 @@ class DataParallelSession:
         joint, update, self.params = split_step(step_graph)
         for name in self.params:
             joint.param_to_input(name)
-        eliminate_dead(joint)  # the constants only the update read
+        eliminate_dead(joint)  # the constants only the other part reads: ORT warns of them
+        eliminate_dead(update)
         self.share = LossShare.of(joint, set(self.params))
         self.world = world
         _broadcast(state, sorted(set(carried(update)) & set(state)))

@@ -254,7 +254,7 @@ def _train(
         _same_tokenizer(load_tokenizer(given["tokenizer"]), tokenizer, run)
     progress(f"reading {data} ...")
     text = read_text(data)
-    windows = Windows(tokenize(text, tokenizer), config.seq_len, config.seed)
+    windows = Windows(tokenize(text, tokenizer, bar=bar), config.seq_len, config.seed)
     progress(f"{text.description}: {len(windows.tokens):,} tokens, {len(windows.train):,} training "
              f"and {len(windows.val):,} validation windows of {config.seq_len + 1}")  # fmt: skip
     if recorded and recorded["data_digest"] != windows.digest:
