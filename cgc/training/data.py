@@ -59,7 +59,16 @@ def read_text(source: str | Path) -> Text:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         return _read_files(files, str(path))
-    raise InputError(f"{source}: no such file or folder (give a text file, a folder or 'stdlib')")
+    check_source(source)
+    raise InputError(f"{source}: not a text file or a folder")
+
+
+def check_source(source: str | Path) -> None:
+    """Refuse a data source that does not exist (before reading it, or starting workers)."""
+    if str(source) != STDLIB and not Path(source).exists():
+        raise InputError(
+            f"{source}: no such file or folder (give a text file, a folder or 'stdlib')"
+        )
 
 
 def _read_files(files: list[Path], where: str) -> Text:

@@ -120,6 +120,9 @@ def _worker(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
     """A spawned worker: join the group, run fn(*args); a CgcError travels to the launcher."""
     world = World.from_env()
     assert world is not None  # the agent sets the environment
+    # The agent stops the other workers with SIGTERM when one fails: unwind, so that rank 0
+    # closes its progress bar and files.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     world.join()
     try:
         return fn(*args)
@@ -130,6 +133,10 @@ def _worker(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def launch(systems: int, fn: Callable[..., T], *args: Any) -> T:
@@ -151,6 +158,9 @@ def launch(systems: int, fn: Callable[..., T], *args: Any) -> T:
         monitor_interval=0.1,
         start_method="spawn",
     )
+    # A killed worker leaves semaphores behind, and multiprocessing's resource tracker (a
+    # process of its own, started with this environment) warns of them at exit.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
     with _quiet_agent():
         try:
             return elastic_launch(config, _worker)(fn, args)[0]

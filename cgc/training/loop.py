@@ -39,7 +39,7 @@ from cgc.training.checkpoint import (
     read_run,
     write_run,
 )
-from cgc.training.data import Windows, read_text, tokenize
+from cgc.training.data import Windows, check_source, read_text, tokenize
 from cgc.training.distributed import WorkerFailed, World, launch
 from cgc.training.metrics import MetricsLog, plot, read_metrics
 from cgc.training.optim import LR, MAX_GRAD_NORM, OPTIMIZERS, Optimizer
@@ -175,6 +175,7 @@ def train(
     config = _config(given, recorded["options"] if recorded else None, run)
     world = world or World.from_env()
     if world is None and config.systems > 1:
+        check_source(data)
         args = (model, data, given, output, resume, debug, threads, progress, bar)
         return _launch(config.systems, run, recorded is None, args, progress)
     world = world or World()
