@@ -75,7 +75,8 @@ class World:
         """Join the gloo process group of the workers; False if this process already has."""
         if dist.is_initialized():
             return False
-        dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+        with collective("joining the other workers"):
+            dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
         return True
 
     def leave(self) -> None:
@@ -108,7 +109,7 @@ def collective(what: str) -> Iterator[None]:
         if "TORCHELASTIC_RUN_ID" in os.environ:
             time.sleep(PEER_GRACE_SECONDS)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        rank = dist.get_rank()
+        rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", "?")
         raise PeerLost(f"rank {rank}: {what} failed, another worker is gone ({first})") from None
 
 
