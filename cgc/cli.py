@@ -62,7 +62,7 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             click.echo(f"error: {e}", err=True)
-            sys.exit(EXIT_USAGE)
+            sys.exit(getattr(e, "exit_code", EXIT_USAGE))
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -692,6 +692,12 @@ def generate_cmd(
     help="Arithmetic of the cerebras backend's wafer (fp32 accumulation and master weights; "
     "fp16 with dynamic loss scaling) [fp32].",
 )
+@click.option(
+    "--systems",
+    type=int,
+    help="Data-parallel worker processes (torch.distributed, gloo), each with --batch/N of the "
+    "global batch; under torchrun, the workers it started [1].",
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Run folder [runs/MODEL].")
 @click.option("--save-every", type=int, help="Steps between checkpoints (and the last) [100].")
 @click.option("--keep", type=int, help="Checkpoints kept [2].")
@@ -717,8 +723,12 @@ def train_cmd(
     debug_options: DebugOptions,
     **given: Any,
 ) -> int:
+    from cgc.training.distributed import World
     from cgc.training.loop import train
 
+    world = World.from_env()
+    if world is not None and not world.is_main:  # under torchrun: rank 0 reports
+        console = Console(quiet=True, verbose=False)
     result = train(
         model,
         data,
@@ -730,6 +740,8 @@ def train_cmd(
         progress=console.step,
         bar=not console.quiet,
     )
+    if not result.val_losses:  # a worker other than rank 0
+        return 0
     (first_step, first), (last_step, last) = result.val_losses[0], result.val_losses[-1]
     console.result(
         f"{result.folder}: {result.steps} steps, loss {result.loss:.4f}; validation loss "

@@ -167,6 +167,45 @@ class OrtTrainingSession:
             memory[...] = state[x].detach().numpy()
 
 
+class OrtGradients:
+    """The joint part of a split step (parameters, batch -> loss, grad.P) in ONNX Runtime, for
+    data-parallel training: it reads the parameters from the buffers of the OrtTrainingSession
+    that runs the update, and writes the loss and gradients into the given tensors (the buffers
+    the workers sum), both bound by IO binding: nothing is copied."""
+
+    def __init__(
+        self,
+        joint: Graph,
+        params: OrtTrainingSession,
+        outputs: Mapping[str, torch.Tensor],
+        *,
+        threads: int | None = None,
+    ) -> None:
+        self.params = params
+        self._scratch = tempfile.TemporaryDirectory(prefix="cgc-grad-")
+        self.session = _session(joint, Path(self._scratch.name) / "joint.onnx", threads)
+        self._declared = {a.name: a.shape for a in self.session.get_inputs()}
+        self.param_names = [v.name for v in joint.inputs if v.name in params.memory]
+        self.batch_names = [v.name for v in joint.inputs if v.name not in params.memory]
+        self.binding = self.session.io_binding()
+        self._outputs = {v.name: outputs[v.name] for v in joint.outputs}  # kept alive
+        for out in self.session.get_outputs():
+            self.binding.bind_ortvalue_output(
+                out.name, _view(self._outputs[out.name].numpy(), out.shape)
+            )
+
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> None:
+        """Loss and gradients of the batch `inputs` at the current parameters."""
+        for name in self.param_names:  # rebound: a buffer the update swaps moves
+            self.binding.bind_ortvalue_input(
+                name, _view(self.params.memory[name], self._declared[name])
+            )
+        arrays = _arrays(inputs, self.batch_names)  # alive until the run is over
+        for name, array in arrays.items():
+            self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+        self.session.run_with_iobinding(self.binding)
+
+
 def _view(memory: np.ndarray, shape: list[int]) -> ort.OrtValue:
     """An OrtValue over `memory` (no copy) in the declared `shape`."""
     return ort.OrtValue.ortvalue_from_numpy(memory.reshape(shape))

@@ -59,7 +59,16 @@ def read_text(source: str | Path) -> Text:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         return _read_files(files, str(path))
-    raise InputError(f"{source}: no such file or folder (give a text file, a folder or 'stdlib')")
+    check_source(source)
+    raise InputError(f"{source}: not a text file or a folder")
+
+
+def check_source(source: str | Path) -> None:
+    """Refuse a data source that does not exist (before reading it, or starting workers)."""
+    if str(source) != STDLIB and not Path(source).exists():
+        raise InputError(
+            f"{source}: no such file or folder (give a text file, a folder or 'stdlib')"
+        )
 
 
 def _read_files(files: list[Path], where: str) -> Text:
@@ -78,13 +87,14 @@ def _read_files(files: list[Path], where: str) -> Text:
     return Text(documents, f"{where}: {len(documents)} files{note}")
 
 
-def tokenize(text: Text, tokenizer: Tokenizer) -> np.ndarray:
+def tokenize(text: Text, tokenizer: Tokenizer, *, bar: bool = True) -> np.ndarray:
     """All documents as one int32 token stream, separated by end-of-text where the tokenizer
-    has one."""
+    has one; `bar` shows progress over many documents."""
     sep = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     pieces = []
     docs = text.documents
-    for i, doc in enumerate(tqdm(docs, desc="tokenizing", unit="file", disable=len(docs) < 100)):
+    shown = tqdm(docs, desc="tokenizing", unit="file", disable=not bar or len(docs) < 100)
+    for i, doc in enumerate(shown):
         pieces.append(np.asarray(tokenizer.encode(doc) + (sep if i < len(docs) - 1 else [])))
     return np.concatenate(pieces).astype(np.int32)
 

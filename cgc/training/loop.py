@@ -7,6 +7,11 @@ step is a function of the state a checkpoint holds (weights, optimizer state, st
 position; dropout seeds derive from seed and step), so a resumed run gives exactly the losses
 the uninterrupted run gives. A non-finite loss stops the run at that step, before anything
 is saved, so the last checkpoint stays the last good one.
+
+With `systems` > 1 the run is data parallel (cgc.training.data_parallel): `train` starts that
+many local workers (cgc.training.distributed) or, started by torchrun, is one of them. Each
+worker reads the data and compiles the step for its share of the global batch; rank 0 alone
+writes the run folder, metrics and checkpoints and shows progress.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ from cgc.training.checkpoint import (
     read_run,
     write_run,
 )
-from cgc.training.data import Windows, read_text, tokenize
+from cgc.training.data import Windows, check_source, read_text, tokenize
+from cgc.training.distributed import WorkerFailed, World, launch
 from cgc.training.metrics import MetricsLog, plot, read_metrics
 from cgc.training.optim import LR, MAX_GRAD_NORM, OPTIMIZERS, Optimizer
-from cgc.training.runners import BACKENDS, open_session
+from cgc.training.runners import BACKENDS, DATA_PARALLEL, open_session
 from cgc.training.schedule import FLOOR, KINDS, WARMUP_SHARE, Schedule
 from cgc.training.task import Feed, load_task
 from cgc.training.trainer import Trainer, training_graphs
@@ -83,11 +89,24 @@ class RunConfig:
     val_every: int = 50
     val_batches: int = 8
     keep: int = 2  # checkpoints kept
+    systems: int = 1  # data-parallel workers; batch is the global batch
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "seq_len", "save_every", "val_every", "val_batches", "keep"):
+        positive = ("steps", "batch", "seq_len", "save_every", "val_every", "val_batches", "keep")
+        for name in (*positive, "systems"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.systems > 1 and self.backend not in DATA_PARALLEL:
+            raise InputError(
+                f"--systems {self.systems}: data parallel runs on {' and '.join(DATA_PARALLEL)}; "
+                f"the {self.backend} backend trains one system (bench/train_plans.py predicts "
+                "clusters)"
+            )
+        if self.batch % self.systems:
+            raise InputError(
+                f"--batch {self.batch} (the global batch) is not divisible by --systems "
+                f"{self.systems}; give a multiple of {self.systems}"
+            )
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
         if self.schedule not in KINDS:
@@ -144,6 +163,10 @@ def _config(given: Mapping[str, Any], recorded: Mapping[str, Any] | None, run: P
     return replace(config, **{k: v for k, v in given.items() if k not in _TRAJECTORY})
 
 
+def print_nothing(message: str) -> None:
+    """The default progress callback (a function, not a lambda: workers receive it pickled)."""
+
+
 def train(
     model: str,
     data: str,
@@ -153,11 +176,13 @@ def train(
     resume: Path | None = None,
     debug: DebugOptions | None = None,
     threads: int | None = None,
-    progress: Callable[[str], None] = lambda _: None,
+    progress: Callable[[str], None] = print_nothing,
     bar: bool = True,
+    world: World | None = None,
 ) -> RunResult:
     """Train MODEL on `data` (a path or "stdlib") for the options `given` (None = default);
-    `resume` continues a run folder (or one of its checkpoints)."""
+    `resume` continues a run folder (or one of its checkpoints). `world` is this worker's place
+    in a data-parallel run (default: the one torchrun started this process in, if any)."""
     run, checkpoint = _folders(model, output, resume)
     recorded = read_run(run) if checkpoint is not None else None
     if recorded and _spec(model) != _spec(recorded["model"]):
@@ -165,19 +190,97 @@ def train(
             f"{run} was trained with {recorded['model']}, not {model}; resume it with that MODEL"
         )
     config = _config(given, recorded["options"] if recorded else None, run)
+    world = world or World.from_env()
+    if world is None and config.systems > 1:
+        check_source(data)
+        args = (model, data, given, output, resume, debug, threads, progress, bar)
+        return _launch(config.systems, run, recorded is None, args, progress)
+    world = world or World()
+    if given.get("systems") not in (None, world.size):
+        raise InputError(
+            f"--systems {given['systems']}: this worker is one of {world.size} (WORLD_SIZE); "
+            "under torchrun leave --systems out"
+        )
+    config = replace(config, systems=world.size)
+    joined = world.size > 1 and world.join()
+    try:
+        world.barrier()  # every worker has checked the run folder before rank 0 writes to it
+        return _train(model, data, given, run, checkpoint, recorded, config, world, debug,
+                      threads, progress if world.is_main else print_nothing,
+                      bar and world.is_main)  # fmt: skip
+    finally:
+        if joined:
+            world.leave()
+
+
+def _launch(
+    systems: int, run: Path, new: bool, args: tuple[Any, ...], progress: Callable[[str], None]
+) -> RunResult:
+    """Run `train(*args)` in `systems` local workers; a failure names the worker and where
+    `--resume` continues from."""
+    progress(f"starting {systems} workers (torch.distributed, gloo) ...")
+    try:
+        return launch(systems, _worker, *args)
+    except WorkerFailed as e:
+        saved = checkpoints(run) if run.is_dir() else {}
+        steps = [r["step"] for r in read_metrics(run)] if run.is_dir() else []
+        at = f" after step {max(steps)}" if steps else ""
+        if saved:
+            then = f"--resume {run} continues from {saved[max(saved)].name}"
+        else:
+            then = "no checkpoint was written, nothing to resume"
+        raise WorkerFailed(f"{e}{at}; {then}") from None
+    finally:
+        if new and run.is_dir() and not checkpoints(run):  # nothing to resume: leave no folder
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def _worker(
+    model: str,
+    data: str,
+    given: Mapping[str, Any],
+    output: Path | None,
+    resume: Path | None,
+    debug: DebugOptions | None,
+    threads: int | None,
+    progress: Callable[[str], None],
+    bar: bool,
+) -> RunResult:
+    """One worker of `_launch` (module-level, so a spawned process can find it)."""
+    world = World.from_env()
+    return train(model, data, given, output=output, resume=resume,
+                 debug=debug if world.is_main else None, threads=threads, progress=progress,
+                 bar=bar, world=world)  # fmt: skip
+
+
+def _train(
+    model: str,
+    data: str,
+    given: Mapping[str, Any],
+    run: Path,
+    checkpoint: Path | None,
+    recorded: dict[str, Any] | None,
+    config: RunConfig,
+    world: World,
+    debug: DebugOptions | None,
+    threads: int | None,
+    progress: Callable[[str], None],
+    bar: bool,
+) -> RunResult:
     tokenizer = load_tokenizer(config.tokenizer, base=run if recorded else None)
     if recorded and given.get("tokenizer") is not None:
         _same_tokenizer(load_tokenizer(given["tokenizer"]), tokenizer, run)
     progress(f"reading {data} ...")
     text = read_text(data)
-    windows = Windows(tokenize(text, tokenizer), config.seq_len, config.seed)
+    windows = Windows(tokenize(text, tokenizer, bar=bar), config.seq_len, config.seed)
     progress(f"{text.description}: {len(windows.tokens):,} tokens, {len(windows.train):,} training "
              f"and {len(windows.val):,} validation windows of {config.seq_len + 1}")  # fmt: skip
     if recorded and recorded["data_digest"] != windows.digest:
         raise InputError(f"{data} is not the data {run} was trained on ({recorded['data']})")
     progress(f"loading {model} ...")
+    share = config.batch // world.size  # windows per worker and step
     task = load_task(
-        model, tokenizer, config.batch, config.seq_len, seed=config.seed, checkpoint=checkpoint
+        model, tokenizer, share, config.seq_len, seed=config.seed, checkpoint=checkpoint
     )
     if task.note:
         progress(task.note)
@@ -203,24 +306,32 @@ def train(
             raise InputError(f"{run} has finished its {config.steps} steps; nothing to resume")
     progress(f"starting the {config.backend} session ...")
     # The model was loaded for this run alone: train its tensors rather than a copy of them.
-    session = open_session(
-        config.backend,
-        graphs.step,
-        state,
-        graphs.eval,
-        threads=threads,
-        in_place=True,
-        target=config.target,
-        precision=config.precision,
-    )
+    if world.size == 1:
+        session = open_session(
+            config.backend,
+            graphs.step,
+            state,
+            graphs.eval,
+            threads=threads,
+            in_place=True,
+            target=config.target,
+            precision=config.precision,
+        )
+    else:
+        from cgc.training.data_parallel import DataParallelSession
+
+        session = DataParallelSession(
+            config.backend, graphs.step, state, graphs.eval, world,
+            threads=world.threads(threads), in_place=True,
+        )  # fmt: skip
     trainer = Trainer(
         graphs, session, task.batch_names, optimizer, seed=config.seed, save_model=task.save_model
     )
     trainer.steps = start
     if debug is not None and debug.dump_dir is not None:
-        first = task.feed(windows.train_batch(position, config.batch))
+        first = task.feed(world.shard(windows.train_batch(position, config.batch)))
         _dump_step(debug.dump_dir, graphs.step, session.state_dict() | trainer.inputs(*first))
-    if recorded is None:
+    if recorded is None and world.is_main:
         run.mkdir(parents=True, exist_ok=True)
         tokenizer_spec = tokenizer.save(run)
         write_run(run, {
@@ -228,10 +339,11 @@ def train(
             "tokenizer": tokenizer_spec, "parameters": task.signature,
             "options": asdict(replace(config, tokenizer=tokenizer_spec)), "note": task.note,
         })  # fmt: skip
+    feed = lambda windows: task.feed(world.shard(windows))  # noqa: E731
     try:
-        return _loop(run, config, trainer, task.feed, windows, start, position, task.note, bar)
+        return _loop(run, config, trainer, feed, windows, start, position, task.note, bar, world)
     except BaseException:
-        if recorded is None and not checkpoints(run):  # nothing to resume: leave no folder
+        if recorded is None and world.is_main and not checkpoints(run):  # nothing to resume
             shutil.rmtree(run, ignore_errors=True)
         raise
 
@@ -291,17 +403,22 @@ def _loop(
     position: int,
     note: str,
     bar: bool,
+    world: World,
 ) -> RunResult:
-    metrics = MetricsLog(run, resume_step=start)
+    metrics = MetricsLog(run, resume_step=start) if world.is_main else None
     val = windows.val_batches(config.batch, config.val_batches)
 
     def validate() -> float:
         return sum(trainer.evaluate(*feed(b)) for b in val) / len(val)
 
+    def write(record: dict[str, Any]) -> None:
+        if metrics is not None:
+            metrics.write(record)
+
     if start == 0:
-        metrics.write({"step": 0, "val_loss": validate()})
+        write({"step": 0, "val_loss": validate()})
     tokens = config.batch * config.seq_len
-    saved = checkpoints(run)
+    saved = checkpoints(run) if run.is_dir() else {}
     last_good = saved[max(saved)] if saved else None
     loss = math.nan
     progress = tqdm(
@@ -331,23 +448,30 @@ def _loop(
             record |= wafer
             if step % config.val_every == 0 or step == config.steps:
                 record["val_loss"] = validate()
-            metrics.write(record)
+            write(record)
             postfix = {"loss": f"{loss:.4f}", "tok_s": f"{tokens / seconds:,.0f}"}
             if "wafer_tokens_per_s" in wafer:
                 postfix["wafer_tok_s"] = f"{wafer['wafer_tokens_per_s']:,.0f}"
             progress.set_postfix(postfix)
             progress.update()
             if step % config.save_every == 0 or step == config.steps:
-                last_good = trainer.save(
-                    run / checkpoint_name(step),
-                    {"data_position": position, "data_digest": windows.digest, "loss": loss},
-                    run / TOKENIZER_FILE if (run / TOKENIZER_FILE).is_file() else None,
-                )
-                prune_checkpoints(run, config.keep)
-                plot(run, f"{run.name}: training and validation loss")
+                if world.size > 1:
+                    trainer.session.check_replicas()
+                last_good = run / checkpoint_name(step)
+                if world.is_main:
+                    trainer.save(
+                        last_good,
+                        {"data_position": position, "data_digest": windows.digest, "loss": loss},
+                        run / TOKENIZER_FILE if (run / TOKENIZER_FILE).is_file() else None,
+                    )
+                    prune_checkpoints(run, config.keep)
+                    plot(run, f"{run.name}: training and validation loss")
     finally:
         progress.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
+    if not world.is_main:
+        return RunResult(run, config.steps, loss, [], last_good, note)
     plot(run, f"{run.name}: training and validation loss")
     val_losses = [(r["step"], r["val_loss"]) for r in read_metrics(run) if "val_loss" in r]
     return RunResult(run, config.steps, loss, val_losses, latest_checkpoint(run), note)

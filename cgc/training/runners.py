@@ -2,6 +2,9 @@
 
 Both keep the parameters and optimizer state between steps and feed each step's outputs
 `new.X` back as its inputs `X` (cgc.training.step); the training loop only hands them batches.
+Data-parallel training (cgc.training.data_parallel) runs a step cut at its gradients: a session
+for the update part, and a gradient session for the joint part (batch -> loss, grad.P) that
+reads the update session's live parameters and writes into buffers it is given.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from cgc.training.step import carried
 
 INTERPRETER = "interpreter"
 BACKENDS = (INTERPRETER, "onnxruntime", "cerebras")
+DATA_PARALLEL = ("onnxruntime", INTERPRETER)  # backends with a gradient session (open_gradients)
 
 
 class StepSession(Protocol):
@@ -84,6 +88,49 @@ class InterpreterSession:
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.state = {x: state[x].detach().clone() for x in self.pairs}
+
+
+class GradientSession(Protocol):
+    """The joint part of a split step, reading the parameters of the session that updates them."""
+
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> None:
+        """Compute the loss and gradients of the batch inputs into the output buffers."""
+
+
+class InterpreterGradients:
+    """The joint graph in the interpreter, on the live parameters of an InterpreterSession."""
+
+    def __init__(
+        self, joint: Graph, params: InterpreterSession, outputs: Mapping[str, torch.Tensor]
+    ) -> None:
+        self.graph = joint
+        self.params = params
+        self.outputs = [outputs[v.name] for v in joint.outputs]
+
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> None:
+        values = self.params._run(self.graph, inputs).values()
+        for buffer, value in zip(self.outputs, values, strict=True):
+            buffer.copy_(value)
+
+
+def open_gradients(
+    backend: str,
+    joint: Graph,
+    params: StepSession,
+    outputs: Mapping[str, torch.Tensor],
+    *,
+    threads: int | None = None,
+) -> GradientSession:
+    """Run `joint` (parameters as inputs, then batch inputs -> loss, grad.P) on `backend`, with
+    the parameters of `params` (the session running the update) and into `outputs` by name."""
+    if backend == INTERPRETER:
+        return InterpreterGradients(joint, params, outputs)
+    if backend == "onnxruntime":
+        from cgc.backends.onnxruntime.training import OrtGradients
+
+        return OrtGradients(joint, params, outputs, threads=threads)
+    choices = ", ".join(DATA_PARALLEL)
+    raise InputError(f"{backend!r} cannot run a data-parallel step; choose from {choices}")
 
 
 def open_session(
