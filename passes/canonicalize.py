@@ -9,7 +9,7 @@ from math import prod
 import torch
 
 from cgc.ir import Graph, Node, Value, get_op
-from cgc.ir.printer import format_dict
+from cgc.ir.graph import format_dict
 from cgc.passes.constants import is_known
 from cgc.passes.manager import Pass, PassContext, PassResult
 from cgc.passes.pattern import Alt, Match, Op, Rewrite, Var, apply_patterns, rewrite

@@ -15,7 +15,8 @@ A planner sizes and places one rectangle per kernel using:
 from cgc.backends.cerebras.artifact import CerebrasArtifact, compile, load
 from cgc.backends.cerebras.kernels import Cost, Kernel, kernel_for
 from cgc.backends.cerebras.machine import PRESETS, WSE2, WSE3, Machine, get_machine
-from cgc.backends.cerebras.planner import Plan, PlanError, plan
+from cgc.backends.cerebras.partition import plan
+from cgc.backends.cerebras.planner import Plan, PlanError
 from cgc.backends.cerebras.precision import PRECISIONS, UNIT_ROUNDOFF, round_to
 
 __all__ = [

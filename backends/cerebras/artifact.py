@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from cgc.artifact import Artifact
 from cgc.backends.cerebras import listing, report, wafer_map
+from cgc.backends.cerebras.partition import plan
 from cgc.backends.cerebras.placement import check, place, validate
-from cgc.backends.cerebras.planner import plan
 from cgc.backends.cerebras.program import SCHEMA, build_program, dumps, loads
 from cgc.backends.cerebras.simulator import Simulator
 from cgc.errors import InputError

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cgc.ir.printer import format_attr
+from cgc.ir.graph import format_attr
 from cgc.text import count
 
 _SHOWN_ELSEWHERE = ("kernel", "rows", "cols", "reduce")

@@ -40,8 +40,8 @@ from dataclasses import dataclass, replace
 from cgc.backends.cerebras.kernels import Kernel, kernel_for
 from cgc.backends.cerebras.kernels.gemm_backward import is_data_gradient, reads_transposed_tokens
 from cgc.backends.cerebras.kernels.optimizer import OptimizerUpdate
-from cgc.backends.cerebras.machine import Machine, get_machine
-from cgc.backends.cerebras.precision import BYTES, check_precision
+from cgc.backends.cerebras.machine import Machine
+from cgc.backends.cerebras.precision import BYTES
 from cgc.errors import CgcError, InputError, IRError
 from cgc.ir import Graph, Node, Value
 
@@ -50,7 +50,6 @@ ANCHOR_OPS = PROJECTION_OPS | {"embedding"}  # the ops that keep a weight matrix
 # Longest side of a region over its shortest: thin regions would make the tiling's row or
 # column chains long and the activations cross many hops.
 ASPECT_LIMIT = 4
-MODES = ("auto", "pipelined", "streaming")
 # A training region's anchor tiles within a budget rounded down to this many bytes: the share
 # of the region's holdings differs for every rectangle the sizer tries, and a budget of its own
 # for each would make every try tile the anchor afresh.
@@ -561,33 +560,3 @@ def read_plan(graph: Graph, machine: Machine, precision: str, mode: str) -> Plan
                 )
             )
     return Plan(mode, machine, precision, graph, stages, regions, free)
-
-
-def plan(graph: Graph, target: str = "wse2", precision: str = "fp32", mode: str = "auto") -> Plan:
-    """Partition `graph` for `target` (annotating it) and return the plan.
-
-    `auto` plans layer-pipelined when every stage fits on the wafer at once, and weight
-    streaming otherwise; a model that fits in neither mode is a PlanError saying why.
-    """
-    from cgc.passes import PassContext
-    from cgc.passes.layer_pipeline import LayerPipeline
-    from cgc.passes.weight_streaming import WeightStreaming
-
-    machine = get_machine(target)
-    check_precision(precision)
-    if mode not in MODES:
-        raise InputError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    passes = {"pipelined": LayerPipeline, "streaming": WeightStreaming}
-    tried = ["pipelined", "streaming"] if mode == "auto" else [mode]
-    errors = []
-    for name in tried:
-        p = passes[name](target=target, precision=precision)
-        try:
-            p.run(graph, PassContext())
-        except PlanError as e:
-            errors.append(str(e))
-            continue
-        return read_plan(graph, machine, precision, name)
-    if len(errors) == 1:
-        raise PlanError(errors[0])
-    raise PlanError(f"the model fits {machine.name} in neither mode: {errors[0]}; {errors[1]}")

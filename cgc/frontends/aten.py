@@ -1,6 +1,6 @@
 """The ATen -> IR table: how each core ATen op becomes cgc IR primitives.
 
-A converter gets the importer (`cx`, see `cgc.frontends.fx.FxImporter`) and the FX node's
+A converter gets the importer (`cx`, a `cgc.frontends.context.ConversionContext`) and the FX node's
 arguments as torch.export recorded them: tensors are FX nodes read through `cx.value` or
 `cx.operand(arg, dtype)` (which casts, and turns Python scalars into `constant` nodes). It
 returns the node's IR value or, for a multi-output op, one entry per output (a thunk emitting it
@@ -15,16 +15,14 @@ import math
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 from math import prod
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from cgc.frontends.context import ConversionContext
 from cgc.ir import Value, get_op
 from cgc.ir.ops import loss
 from cgc.ir.ops.random import add_dropout
-
-if TYPE_CHECKING:
-    from cgc.frontends.fx import FxImporter
 
 aten = torch.ops.aten
 Converter = Callable[..., Any]
@@ -40,7 +38,7 @@ def _converts(*ops: torch._ops.OpOverload) -> Callable[[Converter], Converter]:
     return wrap
 
 
-def _decomposed(cx: FxImporter, op: str, inputs: Sequence[Value], **attrs: Any) -> Value:
+def _decomposed(cx: ConversionContext, op: str, inputs: Sequence[Value], **attrs: Any) -> Value:
     """Emit fused `op` as its registry decomposition."""
     opdef = get_op(op)
     (result,) = opdef.decompose(cx.g, list(inputs), opdef.complete_attrs(attrs))
@@ -58,7 +56,7 @@ def _axes(dim: int | Sequence[int] | None, rank: int) -> list[int]:
 
 
 def _arith(op: str) -> Converter:
-    def convert(cx: FxImporter, a: Any, b: Any, *, alpha: Any = 1) -> Value:
+    def convert(cx: ConversionContext, a: Any, b: Any, *, alpha: Any = 1) -> Value:
         dtype = cx.out.dtype
         x, y = cx.operand(a, dtype), cx.operand(b, dtype)
         if alpha != 1:
@@ -69,7 +67,7 @@ def _arith(op: str) -> Converter:
 
 
 def _compare(op: str) -> Converter:
-    def convert(cx: FxImporter, a: Any, b: Any) -> Value:
+    def convert(cx: ConversionContext, a: Any, b: Any) -> Value:
         dtype = cx.result_dtype(a, b)
         return cx.g.call(op, cx.operand(a, dtype), cx.operand(b, dtype))
 
@@ -77,7 +75,7 @@ def _compare(op: str) -> Converter:
 
 
 def _logical(op: str) -> Converter:
-    def convert(cx: FxImporter, a: Any, b: Any) -> Value:
+    def convert(cx: ConversionContext, a: Any, b: Any) -> Value:
         if cx.out.dtype != "bool":
             raise cx.unsupported("bitwise ops are supported on bool tensors only")
         return cx.g.call(op, cx.operand(a, "bool"), cx.operand(b, "bool"))
@@ -86,7 +84,7 @@ def _logical(op: str) -> Converter:
 
 
 def _unary(op: str) -> Converter:
-    def convert(cx: FxImporter, x: Any) -> Value:
+    def convert(cx: ConversionContext, x: Any) -> Value:
         return cx.g.call(op, cx.operand(x, cx.out.dtype))
 
     return convert
@@ -137,14 +135,14 @@ for _op in (
 
 
 @_converts(aten.div.Tensor_mode)
-def _div_mode(cx: FxImporter, a: Any, b: Any, *, rounding_mode: str | None = None) -> Value:
+def _div_mode(cx: ConversionContext, a: Any, b: Any, *, rounding_mode: str | None = None) -> Value:
     if rounding_mode is not None:
         raise cx.unsupported(f"rounding_mode={rounding_mode!r}")
     return _arith("div")(cx, a, b)
 
 
 @_converts(aten.rsub.Scalar, aten.rsub.Tensor)
-def _rsub(cx: FxImporter, a: Any, b: Any, alpha: Any = 1) -> Value:
+def _rsub(cx: ConversionContext, a: Any, b: Any, alpha: Any = 1) -> Value:
     dtype = cx.out.dtype
     x = cx.operand(a, dtype)
     if alpha != 1:
@@ -153,25 +151,25 @@ def _rsub(cx: FxImporter, a: Any, b: Any, alpha: Any = 1) -> Value:
 
 
 @_converts(aten.logical_not.default, aten.bitwise_not.default)
-def _logical_not(cx: FxImporter, x: Any) -> Value:
+def _logical_not(cx: ConversionContext, x: Any) -> Value:
     if cx.out.dtype != "bool":
         raise cx.unsupported("bitwise not is supported on bool tensors only")
     return cx.g.call("logical_not", cx.operand(x, "bool"))
 
 
 @_converts(aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar)
-def _where(cx: FxImporter, cond: Any, a: Any, b: Any) -> Value:
+def _where(cx: ConversionContext, cond: Any, a: Any, b: Any) -> Value:
     dtype = cx.out.dtype
     return cx.g.call("where", cx.operand(cond, "bool"), cx.operand(a, dtype), cx.operand(b, dtype))
 
 
 @_converts(aten.masked_fill.Scalar, aten.masked_fill.Tensor)
-def _masked_fill(cx: FxImporter, x: Any, mask: Any, value: Any) -> Value:
+def _masked_fill(cx: ConversionContext, x: Any, mask: Any, value: Any) -> Value:
     return _where(cx, mask, value, x)
 
 
 @_converts(aten.clamp.default, aten.clamp.Tensor)
-def _clamp(cx: FxImporter, x: Any, min: Any = None, max: Any = None) -> Value:
+def _clamp(cx: ConversionContext, x: Any, min: Any = None, max: Any = None) -> Value:
     dtype = cx.out.dtype
     y = cx.operand(x, dtype)
     if min is not None:
@@ -182,17 +180,17 @@ def _clamp(cx: FxImporter, x: Any, min: Any = None, max: Any = None) -> Value:
 
 
 @_converts(aten.clamp_min.default)
-def _clamp_min(cx: FxImporter, x: Any, min: Any) -> Value:
+def _clamp_min(cx: ConversionContext, x: Any, min: Any) -> Value:
     return _clamp(cx, x, min=min)
 
 
 @_converts(aten.clamp_max.default)
-def _clamp_max(cx: FxImporter, x: Any, max: Any) -> Value:
+def _clamp_max(cx: ConversionContext, x: Any, max: Any) -> Value:
     return _clamp(cx, x, max=max)
 
 
 @_converts(aten._to_copy.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout)
-def _to_copy(cx: FxImporter, x: Any, *where: Any, **layout: Any) -> Value:
+def _to_copy(cx: ConversionContext, x: Any, *where: Any, **layout: Any) -> Value:
     """A cast when the dtype changes; device, layout and memory format mean nothing here."""
     return cx.operand(x, cx.out.dtype)
 
@@ -205,7 +203,7 @@ def _to_copy(cx: FxImporter, x: Any, *where: Any, **layout: Any) -> Value:
     aten.lift_fresh_copy.default,
     aten.detach_.default,
 )
-def _identity(cx: FxImporter, x: Any, **memory_format: Any) -> Value:
+def _identity(cx: ConversionContext, x: Any, **memory_format: Any) -> Value:
     """Copies and aliases: values are immutable in the IR."""
     return cx.value(x)
 
@@ -214,13 +212,13 @@ def _identity(cx: FxImporter, x: Any, **memory_format: Any) -> Value:
 
 
 @_converts(aten.mm.default, aten.bmm.default)
-def _mm(cx: FxImporter, a: Any, b: Any) -> Value:
+def _mm(cx: ConversionContext, a: Any, b: Any) -> Value:
     dtype = cx.out.dtype
     return cx.g.call("matmul", cx.operand(a, dtype), cx.operand(b, dtype))
 
 
 @_converts(aten.matmul.default)
-def _matmul(cx: FxImporter, a: Any, b: Any) -> Value:
+def _matmul(cx: ConversionContext, a: Any, b: Any) -> Value:
     """torch.matmul: 1-D operands become matrices for the product, then lose that axis."""
     dtype = cx.out.dtype
     x, y = cx.operand(a, dtype), cx.operand(b, dtype)
@@ -232,13 +230,17 @@ def _matmul(cx: FxImporter, a: Any, b: Any) -> Value:
 
 
 @_converts(aten.baddbmm.default)
-def _baddbmm(cx: FxImporter, bias: Any, a: Any, b: Any, *, beta: Any = 1, alpha: Any = 1) -> Value:
+def _baddbmm(
+    cx: ConversionContext, bias: Any, a: Any, b: Any, *, beta: Any = 1, alpha: Any = 1
+) -> Value:
     """beta·bias + alpha·(a @ b) on batches (BLOOM adds its ALiBi bias to the scores so)."""
     return _addmm(cx, bias, a, b, beta=beta, alpha=alpha)
 
 
 @_converts(aten.addmm.default)
-def _addmm(cx: FxImporter, bias: Any, a: Any, b: Any, *, beta: Any = 1, alpha: Any = 1) -> Value:
+def _addmm(
+    cx: ConversionContext, bias: Any, a: Any, b: Any, *, beta: Any = 1, alpha: Any = 1
+) -> Value:
     """beta·bias + alpha·(a @ b), as matmul then add so the linear fusion sees it."""
     dtype = cx.out.dtype
     y = cx.g.call("matmul", cx.operand(a, dtype), cx.operand(b, dtype))
@@ -255,17 +257,19 @@ def _addmm(cx: FxImporter, bias: Any, a: Any, b: Any, *, beta: Any = 1, alpha: A
 # -- data movement ------------------------------------------------------------------------------
 
 
-def _reshape_to(cx: FxImporter, value: Value, shape: tuple[int, ...]) -> Value:
+def _reshape_to(cx: ConversionContext, value: Value, shape: tuple[int, ...]) -> Value:
     return value if value.shape == shape else cx.g.call("reshape", value, shape=list(shape))
 
 
-def _transpose(cx: FxImporter, value: Value, perm: list[int]) -> Value:
+def _transpose(cx: ConversionContext, value: Value, perm: list[int]) -> Value:
     if perm == list(range(len(perm))):
         return value
     return cx.g.call("transpose", value, perm=perm)
 
 
-def _slice_axis(cx: FxImporter, value: Value, axis: int, start: int, end: int, step: int = 1):
+def _slice_axis(
+    cx: ConversionContext, value: Value, axis: int, start: int, end: int, step: int = 1
+):
     if (start, end, step) == (0, value.shape[axis], 1):
         return value
     return cx.g.call("slice", value, axis=axis, start=start, end=end, step=step)
@@ -282,30 +286,30 @@ def _slice_axis(cx: FxImporter, value: Value, axis: int, start: int, end: int, s
     aten.flatten.using_ints,
     aten.unflatten.int,
 )
-def _reshape(cx: FxImporter, x: Any, *shape_args: Any) -> Value:
+def _reshape(cx: ConversionContext, x: Any, *shape_args: Any) -> Value:
     """Every view that keeps element order is a reshape to the static result shape."""
     return _reshape_to(cx, cx.value(x), cx.out.shape)
 
 
 @_converts(aten.permute.default)
-def _permute(cx: FxImporter, x: Any, dims: Sequence[int]) -> Value:
+def _permute(cx: ConversionContext, x: Any, dims: Sequence[int]) -> Value:
     value = cx.value(x)
     return _transpose(cx, value, [d % value.type.rank for d in dims])
 
 
 @_converts(aten.t.default)
-def _t(cx: FxImporter, x: Any) -> Value:
+def _t(cx: ConversionContext, x: Any) -> Value:
     value = cx.value(x)
     return _transpose(cx, value, list(range(value.type.rank))[::-1])
 
 
 @_converts(aten.numpy_T.default)
-def _numpy_t(cx: FxImporter, x: Any) -> Value:
+def _numpy_t(cx: ConversionContext, x: Any) -> Value:
     return _t(cx, x)
 
 
 @_converts(aten.transpose.int)
-def _transpose_int(cx: FxImporter, x: Any, dim0: int, dim1: int) -> Value:
+def _transpose_int(cx: ConversionContext, x: Any, dim0: int, dim1: int) -> Value:
     value = cx.value(x)
     perm = list(range(value.type.rank))
     a, b = dim0 % len(perm), dim1 % len(perm)
@@ -314,7 +318,7 @@ def _transpose_int(cx: FxImporter, x: Any, dim0: int, dim1: int) -> Value:
 
 
 @_converts(aten.expand.default)
-def _expand(cx: FxImporter, x: Any, size: Sequence[int], *, implicit: bool = False) -> Value:
+def _expand(cx: ConversionContext, x: Any, size: Sequence[int], *, implicit: bool = False) -> Value:
     value = cx.value(x)
     if value.shape == cx.out.shape:
         return value
@@ -323,7 +327,12 @@ def _expand(cx: FxImporter, x: Any, size: Sequence[int], *, implicit: bool = Fal
 
 @_converts(aten.slice.Tensor)
 def _slice(
-    cx: FxImporter, x: Any, dim: int = 0, start: int | None = None, end: int | None = None, step=1
+    cx: ConversionContext,
+    x: Any,
+    dim: int = 0,
+    start: int | None = None,
+    end: int | None = None,
+    step=1,
 ) -> Value:
     """Negative and out-of-range bounds are clamped to the static size, as torch does."""
     value = cx.value(x)
@@ -333,14 +342,14 @@ def _slice(
 
 
 @_converts(aten.select.int)
-def _select(cx: FxImporter, x: Any, dim: int, index: int) -> Value:
+def _select(cx: ConversionContext, x: Any, dim: int, index: int) -> Value:
     value = cx.value(x)
     axis = dim % value.type.rank
     index %= value.shape[axis]
     return _reshape_to(cx, _slice_axis(cx, value, axis, index, index + 1), cx.out.shape)
 
 
-def _chunks(cx: FxImporter, x: Any, dim: int, sizes: Sequence[int]) -> tuple:
+def _chunks(cx: ConversionContext, x: Any, dim: int, sizes: Sequence[int]) -> tuple:
     value = cx.value(x)
     axis = dim % value.type.rank
     starts = [0, *accumulate(sizes)]
@@ -351,18 +360,20 @@ def _chunks(cx: FxImporter, x: Any, dim: int, sizes: Sequence[int]) -> tuple:
 
 
 @_converts(aten.split_with_sizes.default)
-def _split_with_sizes(cx: FxImporter, x: Any, split_sizes: Sequence[int], dim: int = 0) -> tuple:
+def _split_with_sizes(
+    cx: ConversionContext, x: Any, split_sizes: Sequence[int], dim: int = 0
+) -> tuple:
     return _chunks(cx, x, dim, split_sizes)
 
 
 @_converts(aten.split.Tensor)
-def _split(cx: FxImporter, x: Any, split_size: int, dim: int = 0) -> tuple:
+def _split(cx: ConversionContext, x: Any, split_size: int, dim: int = 0) -> tuple:
     total = cx.value(x).shape[dim]
     return _chunks(cx, x, dim, [min(split_size, total - s) for s in range(0, total, split_size)])
 
 
 @_converts(aten.chunk.default)
-def _chunk(cx: FxImporter, x: Any, chunks: int, dim: int = 0) -> tuple:
+def _chunk(cx: ConversionContext, x: Any, chunks: int, dim: int = 0) -> tuple:
     """torch.chunk: pieces of ceil(size / chunks), the last one smaller, maybe fewer pieces."""
     total = cx.value(x).shape[dim]
     size = -(-total // chunks)
@@ -370,7 +381,7 @@ def _chunk(cx: FxImporter, x: Any, chunks: int, dim: int = 0) -> tuple:
 
 
 @_converts(aten.unbind.int)
-def _unbind(cx: FxImporter, x: Any, dim: int = 0) -> tuple:
+def _unbind(cx: ConversionContext, x: Any, dim: int = 0) -> tuple:
     value = cx.value(x)
     axis = dim % value.type.rank
 
@@ -382,7 +393,7 @@ def _unbind(cx: FxImporter, x: Any, dim: int = 0) -> tuple:
 
 @_converts(aten.repeat_interleave.self_int)
 def _repeat_interleave(
-    cx: FxImporter, x: Any, repeats: int, dim: int | None = None, *, output_size: Any = None
+    cx: ConversionContext, x: Any, repeats: int, dim: int | None = None, *, output_size: Any = None
 ) -> Value:
     """Each slice along `dim` repeated `repeats` times in place (GPT-J's sin/cos tables, shared
     key-value heads): a new axis after `dim`, expanded, then merged into it."""
@@ -397,7 +408,7 @@ def _repeat_interleave(
 
 
 @_converts(aten.stack.default)
-def _stack(cx: FxImporter, tensors: Sequence[Any], dim: int = 0) -> Value:
+def _stack(cx: ConversionContext, tensors: Sequence[Any], dim: int = 0) -> Value:
     """Each tensor gains a unit axis at `dim`, then they are concatenated along it."""
     dtype, rank = cx.out.dtype, cx.out.rank
     axis = dim % rank
@@ -409,13 +420,13 @@ def _stack(cx: FxImporter, tensors: Sequence[Any], dim: int = 0) -> Value:
 
 
 @_converts(aten.cat.default)
-def _cat(cx: FxImporter, tensors: Sequence[Any], dim: int = 0) -> Value:
+def _cat(cx: ConversionContext, tensors: Sequence[Any], dim: int = 0) -> Value:
     dtype = cx.out.dtype
     values = [cx.operand(t, dtype) for t in tensors]
     return values[0] if len(values) == 1 else cx.g.call("concat", *values, axis=dim)
 
 
-def _filled(cx: FxImporter, value: Any, like: Value, axis: int, width: int) -> Value | None:
+def _filled(cx: ConversionContext, value: Any, like: Value, axis: int, width: int) -> Value | None:
     """`value` in the shape of `like` but `width` wide on `axis`; None when width <= 0."""
     if width <= 0:
         return None
@@ -424,7 +435,7 @@ def _filled(cx: FxImporter, value: Any, like: Value, axis: int, width: int) -> V
 
 
 @_converts(aten.constant_pad_nd.default)
-def _constant_pad_nd(cx: FxImporter, x: Any, pad: Sequence[int], value: Any = 0) -> Value:
+def _constant_pad_nd(cx: ConversionContext, x: Any, pad: Sequence[int], value: Any = 0) -> Value:
     """Pads (a pair per axis, the last axis first) as concats of filled blocks; negatives crop."""
     out = cx.value(x)
     for i in range(len(pad) // 2):
@@ -438,14 +449,16 @@ def _constant_pad_nd(cx: FxImporter, x: Any, pad: Sequence[int], value: Any = 0)
 
 
 @_converts(aten.pad.default)
-def _pad(cx: FxImporter, x: Any, pad: Sequence[int], mode: str = "constant", value=None) -> Value:
+def _pad(
+    cx: ConversionContext, x: Any, pad: Sequence[int], mode: str = "constant", value=None
+) -> Value:
     if mode != "constant":
         raise cx.unsupported(f"{mode} padding; cgc imports constant padding only")
     return _constant_pad_nd(cx, x, pad, 0 if value is None else value)
 
 
 @_converts(aten.embedding.default)
-def _embedding(cx: FxImporter, weight: Any, indices: Any, *training_args: Any) -> Value:
+def _embedding(cx: ConversionContext, weight: Any, indices: Any, *training_args: Any) -> Value:
     """Table lookup; padding_idx and the sparse-gradient flags only matter for training."""
     ids = cx.value(indices)
     if ids.dtype not in ("i64", "i32"):
@@ -454,7 +467,7 @@ def _embedding(cx: FxImporter, weight: Any, indices: Any, *training_args: Any) -
 
 
 @_converts(aten.index.Tensor)
-def _index(cx: FxImporter, x: Any, indices: Sequence[Any]) -> Value:
+def _index(cx: ConversionContext, x: Any, indices: Sequence[Any]) -> Value:
     """x[i0, i1, ...] with integer index tensors (None is a full slice) as one row gather.
 
     The indexed axes move to the front and flatten into the rows of a [rows, rest] table, the
@@ -489,7 +502,7 @@ def _index(cx: FxImporter, x: Any, indices: Sequence[Any]) -> Value:
 
 
 def _folded_rows(
-    cx: FxImporter, indices: Sequence[Any], dims: list[int], batch: tuple
+    cx: ConversionContext, indices: Sequence[Any], dims: list[int], batch: tuple
 ) -> torch.Tensor | None:
     """The row index when every index tensor is known at import, else None."""
     folded = [cx.folded.get(index) for index in indices]
@@ -501,7 +514,9 @@ def _folded_rows(
     return rows.expand(batch).contiguous()
 
 
-def _row_index(cx: FxImporter, indices: Sequence[Any], dims: list[int], batch: tuple) -> Value:
+def _row_index(
+    cx: ConversionContext, indices: Sequence[Any], dims: list[int], batch: tuple
+) -> Value:
     """The row index computed in the graph, from index tensors that depend on the inputs."""
     g, ids = cx.g, None
     for index, dim in zip(indices, dims, strict=True):
@@ -517,7 +532,7 @@ def _row_index(cx: FxImporter, indices: Sequence[Any], dims: list[int], batch: t
 
 def _reduce(op: str) -> Converter:
     def convert(
-        cx: FxImporter, x: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None
+        cx: ConversionContext, x: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None
     ) -> Value:
         value = cx.operand(x, cx.out.dtype)
         return cx.g.call(op, value, axes=_axes(dim, value.type.rank), keepdim=keepdim)
@@ -526,7 +541,7 @@ def _reduce(op: str) -> Converter:
 
 
 @_converts(aten.cumsum.default)
-def _cumsum(cx: FxImporter, x: Any, dim: int, *, dtype: Any = None) -> Value:
+def _cumsum(cx: ConversionContext, x: Any, dim: int, *, dtype: Any = None) -> Value:
     return cx.g.call("cumsum", cx.operand(x, cx.out.dtype), axis=dim % cx.out.rank)
 
 
@@ -535,7 +550,7 @@ _converts(aten.mean.dim, aten.mean.default)(_reduce("reduce_mean"))
 _converts(aten.amax.default)(_reduce("reduce_max"))
 
 
-def _correction(cx: FxImporter, correction: Any) -> int:
+def _correction(cx: ConversionContext, correction: Any) -> int:
     if correction is None:
         return 1
     if correction != int(correction):
@@ -544,7 +559,7 @@ def _correction(cx: FxImporter, correction: Any) -> int:
 
 
 @_converts(aten.var.correction)
-def _var(cx: FxImporter, x: Any, dim: Any = None, *, correction: Any = None, keepdim=False):
+def _var(cx: ConversionContext, x: Any, dim: Any = None, *, correction: Any = None, keepdim=False):
     value = cx.operand(x, cx.out.dtype)
     correction = _correction(cx, correction)
     axes = _axes(dim, value.type.rank)
@@ -552,7 +567,9 @@ def _var(cx: FxImporter, x: Any, dim: Any = None, *, correction: Any = None, kee
 
 
 @_converts(aten.var_mean.correction)
-def _var_mean(cx: FxImporter, x: Any, dim: Any = None, *, correction: Any = None, keepdim=False):
+def _var_mean(
+    cx: ConversionContext, x: Any, dim: Any = None, *, correction: Any = None, keepdim=False
+):
     value = cx.value(x)
     axes = _axes(dim, value.type.rank)
     correction = _correction(cx, correction)
@@ -567,7 +584,9 @@ def _var_mean(cx: FxImporter, x: Any, dim: Any = None, *, correction: Any = None
 _REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}  # torch's Reduction enum
 
 
-def _reduction(cx: FxImporter, weight: Any, reduction: int, label_smoothing: float = 0.0) -> str:
+def _reduction(
+    cx: ConversionContext, weight: Any, reduction: int, label_smoothing: float = 0.0
+) -> str:
     """The reduction's name, after refusing what cgc's losses do not cover."""
     if weight is not None:
         raise cx.unsupported("class weights; cgc imports losses with weight=None only")
@@ -576,7 +595,7 @@ def _reduction(cx: FxImporter, weight: Any, reduction: int, label_smoothing: flo
     return _REDUCTIONS[reduction]
 
 
-def _class_indices(cx: FxImporter, target: Any) -> Value:
+def _class_indices(cx: ConversionContext, target: Any) -> Value:
     t = cx.value(target)
     if t.dtype not in loss.INDEX_DTYPES:
         raise cx.unsupported(f"{t.dtype} targets; cgc imports class-index (integer) targets only")
@@ -585,7 +604,7 @@ def _class_indices(cx: FxImporter, target: Any) -> Value:
 
 @_converts(aten.cross_entropy_loss.default)
 def _cross_entropy_loss(
-    cx: FxImporter,
+    cx: ConversionContext,
     x: Any,
     target: Any,
     weight: Any = None,
@@ -604,7 +623,7 @@ def _cross_entropy_loss(
 
 @_converts(aten.nll_loss.default, aten.nll_loss_nd.default)
 def _nll_loss(
-    cx: FxImporter,
+    cx: ConversionContext,
     x: Any,
     target: Any,
     weight: Any = None,
@@ -620,20 +639,22 @@ def _nll_loss(
 
 @_converts(aten.nll_loss_forward.default)
 def _nll_loss_forward(
-    cx: FxImporter, x: Any, target: Any, weight: Any, reduction: int, ignore_index: int
+    cx: ConversionContext, x: Any, target: Any, weight: Any, reduction: int, ignore_index: int
 ) -> tuple:
     """(loss, total weight): only the loss is importable."""
     return (lambda: _nll_loss(cx, x, target, weight, reduction, ignore_index), None)
 
 
 @_converts(aten.gather.default)
-def _gather(cx: FxImporter, x: Any, dim: int, index: Any, *, sparse_grad: bool = False) -> Value:
+def _gather(
+    cx: ConversionContext, x: Any, dim: int, index: Any, *, sparse_grad: bool = False
+) -> Value:
     """torch.gather as a one-hot select and sum: the IR has no gather (cgc.ir.ops.loss)."""
     return loss.gather(cx.g, cx.value(x), dim, cx.value(index))
 
 
 @_converts(aten.take_along_dim.default)
-def _take_along_dim(cx: FxImporter, x: Any, indices: Any, dim: int | None = None) -> Value:
+def _take_along_dim(cx: ConversionContext, x: Any, indices: Any, dim: int | None = None) -> Value:
     """torch.take_along_dim: broadcast off `dim`, negative indices counted from the end, gather."""
     g, value, index = cx.g, cx.value(x), cx.value(indices)
     if dim is None:
@@ -656,13 +677,15 @@ def _take_along_dim(cx: FxImporter, x: Any, indices: Any, dim: int | None = None
 
 
 @_converts(aten.logsumexp.default)
-def _logsumexp(cx: FxImporter, x: Any, dim: Any, keepdim: bool = False) -> Value:
+def _logsumexp(cx: ConversionContext, x: Any, dim: Any, keepdim: bool = False) -> Value:
     value = cx.operand(x, cx.out.dtype)
     return loss.logsumexp(cx.g, value, _axes(dim, value.type.rank), keepdim)
 
 
 def _softmax(op: str) -> Converter:
-    def convert(cx: FxImporter, x: Any, dim: int, half_to_float_or_dtype: Any = None) -> Value:
+    def convert(
+        cx: ConversionContext, x: Any, dim: int, half_to_float_or_dtype: Any = None
+    ) -> Value:
         return cx.g.call(op, cx.operand(x, cx.out.dtype), axis=dim)
 
     return convert
@@ -673,7 +696,7 @@ _converts(aten._log_softmax.default, aten.log_softmax.int)(_softmax("log_softmax
 
 
 @_converts(aten.linear.default)
-def _linear(cx: FxImporter, x: Any, weight: Any, bias: Any = None) -> Value:
+def _linear(cx: ConversionContext, x: Any, weight: Any, bias: Any = None) -> Value:
     """x @ wᵀ (+ b) as transpose, matmul and add: the form the linear fusion matches."""
     dtype = cx.out.dtype
     w = cx.operand(weight, dtype)
@@ -683,7 +706,7 @@ def _linear(cx: FxImporter, x: Any, weight: Any, bias: Any = None) -> Value:
 
 @_converts(aten.layer_norm.default)
 def _layer_norm(
-    cx: FxImporter,
+    cx: ConversionContext,
     x: Any,
     normalized_shape: Sequence[int],
     weight: Any = None,
@@ -697,21 +720,26 @@ def _layer_norm(
 
 
 @_converts(aten.dropout.default)
-def _dropout(cx: FxImporter, x: Any, p: float, train: bool) -> Value:
+def _dropout(cx: ConversionContext, x: Any, p: float, train: bool) -> Value:
     """Identity in eval mode; in training mode a seeded `dropout` on the graph's %rng_seed."""
     value = cx.value(x)
     return add_dropout(cx.g, value, p) if train and p > 0 else value
 
 
 @_converts(aten.native_dropout.default)
-def _native_dropout(cx: FxImporter, x: Any, p: float, train: bool | None) -> tuple:
+def _native_dropout(cx: ConversionContext, x: Any, p: float, train: bool | None) -> tuple:
     """(output, keep-mask): only the output is importable (the mask is recomputed, not kept)."""
     return (lambda: _dropout(cx, x, p, train is not False), None)
 
 
 @_converts(aten.native_layer_norm.default)
 def _native_layer_norm(
-    cx: FxImporter, x: Any, normalized_shape: Sequence[int], weight: Any, bias: Any, eps: float
+    cx: ConversionContext,
+    x: Any,
+    normalized_shape: Sequence[int],
+    weight: Any,
+    bias: Any,
+    eps: float,
 ) -> tuple:
     """(normalised, mean, rstd); the first through the `layer_norm` decomposition."""
     value = cx.value(x)
@@ -743,7 +771,7 @@ def _native_layer_norm(
 
 
 @_converts(aten.gelu.default)
-def _gelu(cx: FxImporter, x: Any, *, approximate: str = "none") -> Value:
+def _gelu(cx: ConversionContext, x: Any, *, approximate: str = "none") -> Value:
     return _decomposed(cx, "gelu", [cx.value(x)], approximate=approximate)
 
 
@@ -751,7 +779,7 @@ def _gelu(cx: FxImporter, x: Any, *, approximate: str = "none") -> Value:
 
 
 def _attention(
-    cx: FxImporter,
+    cx: ConversionContext,
     query: Any,
     key: Any,
     value: Any,
@@ -797,7 +825,7 @@ def _attention(
     return g.call("matmul", probs, v)
 
 
-def _may_mask_a_row(cx: FxImporter, mask: Any) -> bool:
+def _may_mask_a_row(cx: ConversionContext, mask: Any) -> bool:
     """Whether an SDPA mask may mask every key of a query (always, unless known at import)."""
     data = cx.folded.get(mask)
     if not isinstance(data, torch.Tensor):
@@ -806,7 +834,7 @@ def _may_mask_a_row(cx: FxImporter, mask: Any) -> bool:
     return bool(masked.all(-1).any())
 
 
-def _repeat_heads(cx: FxImporter, x: Value, heads: int) -> Value:
+def _repeat_heads(cx: ConversionContext, x: Value, heads: int) -> Value:
     """Grouped-query attention: each key/value head serves heads/kv_heads query heads."""
     *batch, kv_heads, seq, width = x.shape
     grouped = [*batch, kv_heads, heads // kv_heads, seq, width]
@@ -817,7 +845,7 @@ def _repeat_heads(cx: FxImporter, x: Value, heads: int) -> Value:
 
 @_converts(aten._native_multi_head_attention.default)
 def _native_multi_head_attention(
-    cx: FxImporter,
+    cx: ConversionContext,
     query: Any,
     key: Any,
     value: Any,
@@ -865,7 +893,7 @@ def _native_multi_head_attention(
 
 @_converts(aten.scaled_dot_product_attention.default)
 def _sdpa(
-    cx: FxImporter,
+    cx: ConversionContext,
     query: Any,
     key: Any,
     value: Any,
@@ -881,7 +909,7 @@ def _sdpa(
 
 @_converts(aten._scaled_dot_product_flash_attention_for_cpu.default)
 def _sdpa_flash_cpu(
-    cx: FxImporter,
+    cx: ConversionContext,
     query: Any,
     key: Any,
     value: Any,
@@ -900,7 +928,7 @@ def _sdpa_flash_cpu(
 
 @_converts(aten._scaled_dot_product_efficient_attention.default)
 def _sdpa_efficient(
-    cx: FxImporter,
+    cx: ConversionContext,
     query: Any,
     key: Any,
     value: Any,
@@ -922,7 +950,7 @@ def _sdpa_efficient(
 
 @_converts(aten._scaled_dot_product_attention_math.default)
 def _sdpa_math(
-    cx: FxImporter,
+    cx: ConversionContext,
     query: Any,
     key: Any,
     value: Any,

@@ -1,4 +1,4 @@
-"""Reads the text form written by `cgc.ir.printer` back into a Graph.
+"""Reads the text form written by `cgc.ir.graph.print_graph` back into a Graph.
 
 A small hand-written recursive-descent parser: the grammar is a dozen productions and no
 parsing library in our dependency set reads it.

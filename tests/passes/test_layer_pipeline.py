@@ -6,7 +6,8 @@ from zoo import llama_1b
 import cgc.passes.layer_pipeline  # noqa: F401  (registers the passes)
 import cgc.passes.weight_streaming  # noqa: F401
 from cgc import driver, models
-from cgc.backends.cerebras.planner import PlanError, plan
+from cgc.backends.cerebras.partition import plan
+from cgc.backends.cerebras.planner import PlanError
 from cgc.errors import InputError
 from cgc.ir import parse
 from cgc.passes import PassManager, run_passes

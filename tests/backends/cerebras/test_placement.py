@@ -5,8 +5,9 @@ from dataclasses import replace
 import pytest
 
 from cgc import driver
+from cgc.backends.cerebras.partition import plan
 from cgc.backends.cerebras.placement import Rect, check, conflicts, data_edges, place, validate
-from cgc.backends.cerebras.planner import PlanError, plan
+from cgc.backends.cerebras.planner import PlanError
 
 
 @pytest.fixture(scope="module")
