@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ def _load_python(path: Path, entry: str | None) -> LoadedModel:
     name = f"cgc_user_model_{abs(hash(path.resolve()))}"
     spec = importlib.util.spec_from_file_location(name, path.resolve())
     module = importlib.util.module_from_spec(spec)
+    # Registered while it runs, as an import would: dataclasses and pickling look the module up.
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except SyntaxError as e:

@@ -41,3 +41,20 @@ def test_interpreter_and_onnxruntime_match_eager(case, seed: int) -> None:
     torch.testing.assert_close(interpreted, expected, atol=1e-4, rtol=1e-4)
     (ort,) = cgc.compile(module, inputs, backend="onnxruntime").run(*inputs)
     torch.testing.assert_close(ort, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_file_defining_a_dataclass_loads(tmp_path) -> None:
+    """nanoGPT's style: a config dataclass in the model file itself; with postponed annotations
+    dataclasses look the module up while the file runs."""
+    from cgc.driver import load_model
+
+    (tmp_path / "m.py").write_text(
+        "from __future__ import annotations\n\n"
+        "from dataclasses import dataclass\n"
+        "import torch\n\n\n"
+        "@dataclass\nclass Config:\n    width: int = 4\n\n\n"
+        "def get_model():\n"
+        "    return torch.nn.Linear(Config().width, 2), (torch.ones(1, 4),)\n"
+    )
+    loaded = load_model(str(tmp_path / "m.py"))
+    assert loaded.module.in_features == 4
