@@ -4,12 +4,12 @@ import pytest
 
 from cgc import driver
 from cgc.backends.cerebras import get_machine
+from cgc.backends.cerebras.partition import plan
 from cgc.backends.cerebras.planner import (
     PlanError,
     RegionCost,
     group_stages,
     part_range,
-    plan,
     read_plan,
     streaming_cycles,
 )
