@@ -12,8 +12,6 @@ from cgc.backends.cerebras.precision import check_precision
 from cgc.errors import InputError
 from cgc.ir import Graph
 from cgc.passes.base import PassContext
-from cgc.passes.layer_pipeline import LayerPipeline
-from cgc.passes.weight_streaming import WeightStreaming
 
 MODES = ("auto", "pipelined", "streaming")
 
@@ -24,6 +22,11 @@ def plan(graph: Graph, target: str = "wse2", precision: str = "fp32", mode: str 
     `auto` plans layer-pipelined when every stage fits on the wafer at once, and weight
     streaming otherwise; a model that fits in neither mode is a PlanError saying why.
     """
+    # Imported here, not above: the passes import this package's planner, and this module is
+    # imported by the package's __init__, so a top-level import would run before they exist.
+    from cgc.passes.layer_pipeline import LayerPipeline
+    from cgc.passes.weight_streaming import WeightStreaming
+
     machine = get_machine(target)
     check_precision(precision)
     if mode not in MODES:
