@@ -414,6 +414,14 @@ def run_cmd(
 )
 @click.option("--steps", type=int, default=3, show_default=True, help="Training steps (--train).")
 @click.option(
+    "--reference",
+    type=click.Choice(["fp32", "fp64"]),
+    default="fp32",
+    show_default=True,
+    help="Arithmetic of the eager PyTorch reference (--train): fp64 is the exact answer to compare "
+    "fp32 against, since Adam turns eager fp32's own rounding of small gradients into moves.",
+)
+@click.option(
     "--json", "json_file", type=click.Path(path_type=Path), help="Also write the report as JSON."
 )
 @click.option(
@@ -438,6 +446,7 @@ def check_cmd(
     precision: str | None,
     train: bool,
     steps: int,
+    reference: str,
     json_file: Path | None,
     junit_file: Path | None,
     generate_tokens: int | None,
@@ -494,6 +503,7 @@ def check_cmd(
             target=target,
             precision=precision,
             tolerances=tolerances,
+            reference=reference,
             progress=console.step,
         )
         return _report(console, report, json_file, junit_file)

@@ -38,3 +38,16 @@ def test_check_train_fails_out_of_tolerance_and_refuses_what_cannot_train() -> N
         result.stderr.strip()
         == "error: backend 'nope' does not train; --train checks onnxruntime, cerebras"
     )
+
+
+def test_check_train_against_an_fp64_reference(tmp_path) -> None:
+    args = ["check", "tiny-111m", "--train", "--steps", "3", "--seq-len", "16", "--reference",
+            "fp64", "--backends", "onnxruntime"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "reference: eager PyTorch in fp64 (torch.optim, clip_grad_norm_, LambdaLR)" in (
+        result.stdout
+    )
+    assert result.stdout.rstrip().endswith("PASS")
+    result = CliRunner().invoke(main, [*args[:-4], "--reference", "fp16"])
+    assert result.exit_code == 2 and "'fp16' is not one of 'fp32', 'fp64'" in result.stderr
