@@ -22,6 +22,12 @@ from cgc.backends.cerebras.tiles import row_sum
 class LayerNorm(Kernel):
     """(x - mean)/sqrt(var + eps)·w + b along the last axis, statistics by row chains."""
 
+    op = "layer_norm"
+    # Chain passes per token (each a chain west to east and a broadcast back): the mean, then
+    # the variance of the centred copy.
+    chains = 2
+    reduce = "two passes, each a chain west to east then broadcast back"
+
     def __init__(self, node, machine, precision) -> None:
         super().__init__(node, machine, precision)
         self.d = self.in_types[0].shape[-1]
@@ -32,7 +38,7 @@ class LayerNorm(Kernel):
         """m_tile tokens per row, d_tile features per PE; the chain is the row's used PEs."""
         d_tile = ceil_div(self.d, cols)
         return {
-            "kernel": "layer_norm",
+            "kernel": self.op,
             "rows": rows,
             "cols": cols,
             "m": self.m,
@@ -40,29 +46,30 @@ class LayerNorm(Kernel):
             "m_tile": ceil_div(self.m, rows),
             "d_tile": d_tile,
             "chain": ceil_div(self.d, d_tile),
-            "reduce": "two passes, each a chain west to east then broadcast back",
+            "reduce": self.reduce,
         }
 
     def sram_bytes(self, rows: int, cols: int) -> int:
-        """Scale and shift slices, a double-buffered token slice, its fp32 centred copy."""
-        t = self.tiling(rows, cols)
+        """Scale (and shift) slices, a double-buffered token slice, and for each chain after the
+        first an fp32 centred copy."""
+        dt = self.tiling(rows, cols)["d_tile"]
         b = BYTES[self.precision]
-        dt = t["d_tile"]
-        return len(self.weight_slots) * dt * b + 2 * dt * b + dt * 4
+        return len(self.weight_slots) * dt * b + 2 * dt * b + (self.chains - 1) * dt * 4
 
     def cost(self, rows: int, cols: int) -> Cost:
-        """Per token: sum, centre, square-sum, scale, affine; column links carry every token."""
+        """Per token: a vector pass per chain, the normalisation and one per weight; column
+        links carry every token."""
         m = self.machine
         t = self.tiling(rows, cols)
-        b = BYTES[self.precision]
         vec = m.vector_cycles(t["d_tile"], self.precision)
-        peak = (3 + len(self.weight_slots)) * vec + 2 + VECTOR_OP_COST["rsqrt"]
+        peak = (1 + self.chains + len(self.weight_slots)) * vec + 2 + VECTOR_OP_COST["rsqrt"]
         per_token = m.sustained_cycles(peak) + m.task_overhead_cycles
         compute = t["m_tile"] * per_token
         # Column links carry each token's slice once (inputs for rows below, outputs from
-        # rows above); row links carry two partial sums east and two statistics west.
-        fabric = max(self.m * words(t["d_tile"], b), t["m_tile"] * 2)
-        latency = m.hop_latency_cycles * (rows + 4 * t["chain"]) + (m.task_overhead_cycles)
+        # rows above); row links one partial sum east and one statistic west per chain.
+        fabric = max(self.m * words(t["d_tile"], BYTES[self.precision]), t["m_tile"] * self.chains)
+        latency = m.hop_latency_cycles * (rows + 2 * self.chains * t["chain"])
+        latency += m.task_overhead_cycles
         return Cost(compute, fabric, latency, max(compute, fabric) + latency)
 
     def _execute(self, args, tiling):
