@@ -53,6 +53,21 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def row_layout(m: int, d: int, rows: int, cols: int) -> dict[str, int]:
+    """The row kernels' tiling: `m` tokens over the rows (m_tile each), the last axis `d` over a
+    row's columns (d_tile each), its `chain` the PEs of a row that hold a slice."""
+    d_tile = ceil_div(d, cols)
+    return {
+        "rows": rows,
+        "cols": cols,
+        "m": m,
+        "d": d,
+        "m_tile": ceil_div(m, rows),
+        "d_tile": d_tile,
+        "chain": ceil_div(d, d_tile),
+    }
+
+
 def elem_bytes(t: TensorType, precision: str) -> int:
     """Bytes of one element on the wafer: the precision for floats, one wavelet otherwise."""
     return BYTES[precision] if t.is_float else 4

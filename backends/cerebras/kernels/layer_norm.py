@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from cgc.backends.cerebras.kernels.base import Cost, Kernel, ceil_div, words
+from cgc.backends.cerebras.kernels.base import Cost, Kernel, row_layout, words
 from cgc.backends.cerebras.machine import VECTOR_OP_COST
 from cgc.backends.cerebras.precision import BYTES, round_to
 from cgc.backends.cerebras.tiles import row_sum
@@ -36,16 +36,9 @@ class LayerNorm(Kernel):
 
     def _tile(self, rows: int, cols: int) -> dict[str, Any]:
         """m_tile tokens per row, d_tile features per PE; the chain is the row's used PEs."""
-        d_tile = ceil_div(self.d, cols)
         return {
             "kernel": self.op,
-            "rows": rows,
-            "cols": cols,
-            "m": self.m,
-            "d": self.d,
-            "m_tile": ceil_div(self.m, rows),
-            "d_tile": d_tile,
-            "chain": ceil_div(self.d, d_tile),
+            **row_layout(self.m, self.d, rows, cols),
             "reduce": self.reduce,
         }
 

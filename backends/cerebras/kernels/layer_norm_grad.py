@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-from cgc.backends.cerebras.kernels.base import Cost, Kernel, ceil_div, chain_reduce_cycles, words
+from cgc.backends.cerebras.kernels.base import (
+    Cost,
+    Kernel,
+    ceil_div,
+    chain_reduce_cycles,
+    row_layout,
+    words,
+)
 from cgc.backends.cerebras.machine import VECTOR_OP_COST
 from cgc.backends.cerebras.precision import BYTES, round_to
 from cgc.backends.cerebras.tiles import chain_sum, row_sum
@@ -33,17 +40,11 @@ class LayerNormGrad(Kernel):
 
     def _tile(self, rows: int, cols: int) -> dict[str, Any]:
         """m_tile tokens per row, d_tile features per PE; each used row sums its own dw, db."""
-        d_tile, m_tile = ceil_div(self.d, cols), ceil_div(self.m, rows)
+        layout = row_layout(self.m, self.d, rows, cols)
         return {
             "kernel": "layer_norm_grad",
-            "rows": rows,
-            "cols": cols,
-            "m": self.m,
-            "d": self.d,
-            "m_tile": m_tile,
-            "d_tile": d_tile,
-            "chain": ceil_div(self.d, d_tile),
-            "token_groups": ceil_div(self.m, m_tile),
+            **layout,
+            "token_groups": ceil_div(self.m, layout["m_tile"]),
             "reduce": "four row chains per token; dw, db rows north to south",
         }
 

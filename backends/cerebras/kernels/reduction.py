@@ -22,6 +22,7 @@ from cgc.backends.cerebras.kernels.base import (
     chain_reduce_cycles,
     elem_bytes,
     pick_tiling,
+    row_layout,
     words,
 )
 from cgc.backends.cerebras.machine import VECTOR_OP_COST as C
@@ -67,17 +68,10 @@ class RowReduction(Kernel):
 
     def _tile(self, rows: int, cols: int) -> dict[str, Any]:
         """m_tile tokens per row, d_tile elements per PE; the chain is the row's used PEs."""
-        d_tile = ceil_div(self.d, cols)
         return {
             "kernel": "row_reduction",
             "op": self.op,
-            "rows": rows,
-            "cols": cols,
-            "m": self.m,
-            "d": self.d,
-            "m_tile": ceil_div(self.m, rows),
-            "d_tile": d_tile,
-            "chain": ceil_div(self.d, d_tile),
+            **row_layout(self.m, self.d, rows, cols),
             "reduce": "chain west to east",
         }
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cgc.backends.cerebras.kernels.base import Cost, Kernel, ceil_div, elem_bytes, words
+from cgc.backends.cerebras.kernels.base import Cost, Kernel, elem_bytes, row_layout, words
 from cgc.backends.cerebras.precision import round_to
 from cgc.errors import UnsupportedOpError
 
@@ -36,17 +36,10 @@ class Scan(Kernel):
 
     def _tile(self, rows: int, cols: int) -> dict[str, Any]:
         """m_tile tokens per row, d_tile elements per PE; the chain is the row's used PEs."""
-        d_tile = ceil_div(self.d, cols)
         return {
             "kernel": "scan",
             "op": self.op,
-            "rows": rows,
-            "cols": cols,
-            "m": self.m,
-            "d": self.d,
-            "m_tile": ceil_div(self.m, rows),
-            "d_tile": d_tile,
-            "chain": ceil_div(self.d, d_tile),
+            **row_layout(self.m, self.d, rows, cols),
             "reduce": "carry chain west to east",
         }
 
