@@ -103,20 +103,9 @@ class Attention(Kernel):
         }
 
     def _candidate(self, rows: int, cols: int, chain: int) -> dict[str, int] | None:
-        kv_tile = ceil_div(self.kv_resident, chain)
-        if ceil_div(self.kv_resident, kv_tile) != chain:
-            return None  # a shorter chain gives the same blocks with more lanes
-        lanes, pairs = rows * (cols // chain), self.batch * self.kv_heads
-        queries = self.group * self.q_len  # of one pair: every query head of its group
-        split = min(lanes // pairs, queries) if lanes >= pairs else 1
-        return {
-            "chain": chain,
-            "lanes": lanes,
-            "pairs_per_lane": 1 if lanes >= pairs else ceil_div(pairs, lanes),
-            "query_split": split,
-            "q_tile": ceil_div(queries, split),
-            "kv_tile": kv_tile,
-        }
+        # A pair's queries: every query head of its key-value head's group.
+        pairs, queries = self.batch * self.kv_heads, self.group * self.q_len
+        return lane_candidate(rows, cols, chain, self.kv_resident, pairs, queries)
 
     def sram_bytes(self, rows: int, cols: int) -> int:
         """Resident K and V blocks, query buffers, fp32 scores and output, merge buffers."""
@@ -227,6 +216,27 @@ class AttentionLse(Attention):
         out, m, total = self._flash(args, tiling)
         lse = (m + torch.log(total)).squeeze(-1)
         return [out, lse.masked_fill(total.squeeze(-1) == 0, torch.inf)]
+
+
+def lane_candidate(
+    rows: int, cols: int, chain: int, keys: int, pairs: int, queries: int
+) -> dict[str, int] | None:
+    """The layout of `pairs` (batch, key-value head) pairs with `queries` queries each on lanes of
+    `chain` PEs holding `keys` keys in blocks of kv_tile; None when a shorter chain gives the
+    same blocks with more lanes."""
+    kv_tile = ceil_div(keys, chain)
+    if ceil_div(keys, kv_tile) != chain:
+        return None
+    lanes = rows * (cols // chain)
+    split = min(lanes // pairs, queries) if lanes >= pairs else 1
+    return {
+        "chain": chain,
+        "lanes": lanes,
+        "pairs_per_lane": 1 if lanes >= pairs else ceil_div(pairs, lanes),
+        "query_split": split,
+        "q_tile": ceil_div(queries, split),
+        "kv_tile": kv_tile,
+    }
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -21,7 +21,12 @@ from typing import Any
 
 import torch
 
-from cgc.backends.cerebras.kernels.attention import attention_bias, merge_heads, split_heads
+from cgc.backends.cerebras.kernels.attention import (
+    attention_bias,
+    lane_candidate,
+    merge_heads,
+    split_heads,
+)
 from cgc.backends.cerebras.kernels.base import (
     Cost,
     Kernel,
@@ -89,19 +94,7 @@ class AttentionGrad(Kernel):
         }
 
     def _candidate(self, rows: int, cols: int, chain: int) -> dict[str, int] | None:
-        kv_tile = ceil_div(self.kv_len, chain)
-        if ceil_div(self.kv_len, kv_tile) != chain:
-            return None
-        lanes, pairs = rows * (cols // chain), self.batch * self.heads
-        split = min(lanes // pairs, self.q_len) if lanes >= pairs else 1
-        return {
-            "chain": chain,
-            "lanes": lanes,
-            "pairs_per_lane": 1 if lanes >= pairs else ceil_div(pairs, lanes),
-            "query_split": split,
-            "q_tile": ceil_div(self.q_len, split),
-            "kv_tile": kv_tile,
-        }
+        return lane_candidate(rows, cols, chain, self.kv_len, self.batch * self.heads, self.q_len)
 
     def sram_bytes(self, rows: int, cols: int) -> int:
         """K, V blocks; their fp32 gradients; query buffers; fp32 p, dp, ds rows and dq."""
