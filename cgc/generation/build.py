@@ -8,10 +8,7 @@ import torch
 
 from cgc.errors import InputError
 from cgc.ir import Graph
-
-# Where models say how many positions they have: GPT-2 and Cerebras-GPT configs, nanoGPT,
-# Hugging Face configs.
-_CONTEXT_ATTRS = ("n_positions", "block_size", "max_position_embeddings", "n_ctx")
+from cgc.models.context import declared_context
 
 
 @dataclass
@@ -39,17 +36,6 @@ class StepGraphs:
     @property
     def vocab(self) -> int:
         return self.decode.outputs[0].shape[-1]
-
-
-def declared_context(module: torch.nn.Module) -> int | None:
-    """The positions a model's config or attributes declare, or None (ALiBi models such as
-    BLOOM declare none: they have no position table)."""
-    for owner in (getattr(module, "config", None), module):
-        for attr in _CONTEXT_ATTRS:
-            value = getattr(owner, attr, None)
-            if isinstance(value, int) and value > 0:
-                return value
-    return None
 
 
 def context_length(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> int:

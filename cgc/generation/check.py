@@ -17,10 +17,11 @@ import torch
 
 from cgc.check import Tolerance
 from cgc.errors import InputError
-from cgc.generation.build import declared_context, trace_step_graphs
+from cgc.generation.build import trace_step_graphs
 from cgc.generation.loop import generate
 from cgc.generation.sampling import Sampler
 from cgc.generation.steps import step_program
+from cgc.models.context import declared_context
 
 
 def last_logits(output: object) -> torch.Tensor:

@@ -270,6 +270,12 @@ def _train(
     tokenizer = load_tokenizer(config.tokenizer, base=run if recorded else None)
     if recorded and given.get("tokenizer") is not None:
         _same_tokenizer(load_tokenizer(given["tokenizer"]), tokenizer, run)
+    check_source(data)
+    progress(f"loading {model} ...")  # before reading the data: bad options fail fast
+    share = config.batch // world.size  # windows per worker and step
+    task = load_task(
+        model, tokenizer, share, config.seq_len, seed=config.seed, checkpoint=checkpoint
+    )
     progress(f"reading {data} ...")
     text = read_text(data)
     windows = Windows(tokenize(text, tokenizer, bar=bar), config.seq_len, config.seed)
@@ -277,11 +283,6 @@ def _train(
              f"and {len(windows.val):,} validation windows of {config.seq_len + 1}")  # fmt: skip
     if recorded and recorded["data_digest"] != windows.digest:
         raise InputError(f"{data} is not the data {run} was trained on ({recorded['data']})")
-    progress(f"loading {model} ...")
-    share = config.batch // world.size  # windows per worker and step
-    task = load_task(
-        model, tokenizer, share, config.seq_len, seed=config.seed, checkpoint=checkpoint
-    )
     if task.note:
         progress(task.note)
     if recorded and recorded["parameters"] != task.signature:

@@ -21,6 +21,7 @@ import torch
 from cgc.errors import InputError, ModelError
 from cgc.ir import Graph, TensorType
 from cgc.ir.ops.random import RNG_SEED
+from cgc.models.context import declared_context
 from cgc.tokenizer import Tokenizer
 from cgc.training.checkpoint import MODEL_WEIGHTS, load_weights
 from cgc.training.trainer import SaveModel, model_saver, select_loss
@@ -105,6 +106,7 @@ def load_task(
     kind = _kind_of(module)
     feed = _feed(kind)
     example = feed(window)
+    _check_context(module, example[0].shape[-1], seq_len, name)
     module.train()
     graph = driver.trace(module, example)
     _check_vocabulary(graph, tokenizer, spec)
@@ -148,6 +150,17 @@ def _onnx_task(spec: str, tokenizer: Tokenizer, window: torch.Tensor, checkpoint
     select_loss(graph, own_loss=kind != "ids")
     batch_names = [v.name for v in graph.inputs if v.name != RNG_SEED]
     return Task(Path(spec).stem, graph, _feed(kind), batch_names, model_saver(None), weights)
+
+
+def _check_context(module: torch.nn.Module, length: int, seq_len: int, name: str) -> None:
+    """A window must fit the positions the model declares: say so before tracing fails inside it."""
+    context = declared_context(module)
+    if context is not None and length > context:
+        fits = seq_len - (length - context)
+        raise InputError(
+            f"--seq-len {seq_len} feeds {name} {length} positions but its context holds "
+            f"{context}; pass --seq-len {fits} or less"
+        )
 
 
 def _check_vocabulary(graph: Graph, tokenizer: Tokenizer, spec: str) -> None:

@@ -113,6 +113,10 @@ def test_bad_input_is_one_line(run, corpus, tmp_path) -> None:
     assert "the text has 9 tokens; training on windows of 17 needs at least 33" in _error(
         cgc("train", "tiny-111m", "--data", tmp_path / "short.txt", *TINY, "-o", out)
     )
+    assert _error(cgc("train", "tiny-111m", "--data", corpus, "-o", out)) == (
+        "error: --seq-len 128 feeds tiny-111m 129 positions but its context holds 64; "
+        "pass --seq-len 63 or less"
+    )
     assert _error(cgc("train", "tiny-256m", "--data", corpus, "--resume", run)) == (
         f"error: {run} was trained with tiny-111m, not tiny-256m; resume it with that MODEL"
     )
