@@ -41,8 +41,14 @@ class Reference:
 
 def eager_outputs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     """The module's tensor outputs, flattened in the order the tracer uses."""
-    with torch.no_grad():
-        out = module(*inputs)
+    try:
+        with torch.no_grad():
+            out = module(*inputs)
+    except CgcError:
+        raise
+    except Exception as e:  # the user's model, not cgc: say so in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelError(f"the model fails in eager PyTorch: {type(e).__name__}: {first}") from None
     leaves, _ = torch.utils._pytree.tree_flatten(out)
     return [t for t in leaves if isinstance(t, torch.Tensor)]
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from cgc import models
 from cgc.check import Reference, Tolerance, check_reference, module_reference
-from cgc.errors import InputError
+from cgc.errors import InputError, ModelError
 
 
 @pytest.fixture(scope="module")
@@ -32,3 +33,13 @@ def test_listed_targets_get_their_tolerance_and_the_others_rtol_and_atol(ref: Re
 def test_tolerances_for_a_target_not_checked_are_an_input_error(ref: Reference) -> None:
     with pytest.raises(InputError, match="^tolerances given for cerebras, which are not checked$"):
         check_reference(ref, ["onnxruntime"], tolerances={"cerebras": (0.1, 0.1)})
+
+
+def test_a_model_that_fails_in_eager_is_a_model_error() -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return ids + torch.ones(3)
+
+    message = "^the model fails in eager PyTorch: RuntimeError: The size of tensor a"
+    with pytest.raises(ModelError, match=message):
+        module_reference(Broken(), (torch.zeros(2, dtype=torch.long),), "broken", "none")
