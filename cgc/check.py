@@ -39,16 +39,22 @@ class Reference:
     outputs: list[torch.Tensor]
 
 
-def eager_outputs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    """The module's tensor outputs, flattened in the order the tracer uses."""
+def run_eager(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> object:
+    """What the module returns for `inputs`; an exception from the user's model is a one-line
+    ModelError, not a cgc failure."""
     try:
-        with torch.no_grad():
-            out = module(*inputs)
+        return module(*inputs)
     except CgcError:
         raise
-    except Exception as e:  # the user's model, not cgc: say so in one line
+    except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ModelError(f"the model fails in eager PyTorch: {type(e).__name__}: {first}") from None
+
+
+def eager_outputs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """The module's tensor outputs, flattened in the order the tracer uses."""
+    with torch.no_grad():
+        out = run_eager(module, inputs)
     leaves, _ = torch.utils._pytree.tree_flatten(out)
     return [t for t in leaves if isinstance(t, torch.Tensor)]
 

@@ -647,8 +647,12 @@ def _check_source(graph: Graph) -> None:
     if any(n.op in ("cached_attention", "qkv_attention") for n in graph.nodes):
         raise InputError("kv-cache: run the pass on a graph with plain causal `attention` ops")
     if not any(n.op == "attention" for n in graph.nodes):
+        softmax = sum(n.op == "softmax" for n in graph.nodes)
+        why = f"{softmax} softmax left unfused: " if softmax else ""
         raise InputError(
-            "kv-cache: the graph has no fused attention; run the default pipeline first"
+            f"kv-cache: the graph has no fused attention ({why}fuse-attention has not run, or "
+            "its scores are more than a scaled QKᵀ plus a mask or bias, e.g. soft-capped); the "
+            "pass caches fused attention only"
         )
 
 

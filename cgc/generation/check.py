@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cgc.check import Tolerance
+from cgc.check import Tolerance, run_eager
 from cgc.errors import InputError
 from cgc.generation.build import trace_step_graphs
 from cgc.generation.loop import generate
@@ -43,7 +43,7 @@ def eager_greedy(
     ids = torch.tensor([list(prompt)])
     tokens, logits = [], []
     for _ in range(new_tokens):
-        step = last_logits(module(ids))[0].float()
+        step = last_logits(run_eager(module, (ids,)))[0].float()
         token = int(step.argmax())
         tokens.append(token)
         logits.append(step)

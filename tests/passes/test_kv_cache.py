@@ -123,6 +123,15 @@ REFUSALS = {
         "kv-cache: slice at unknown source selects positions other than all or the last; "
         "cannot derive a cached decoder",
     ),
+    "attention left unfused": (
+        (
+            "  %a = attention(%q, %k, %v) {causal=true, num_heads=2, scale=0.5} : f32[2,8,8]",
+            "  %p = softmax(%q) {axis=-1} : f32[2,8,8]\n  %a = mul(%p, %v) : f32[2,8,8]",
+        ),
+        "kv-cache: the graph has no fused attention (1 softmax left unfused: fuse-attention has "
+        "not run, or its scores are more than a scaled QKᵀ plus a mask or bias, e.g. "
+        "soft-capped); the pass caches fused attention only",
+    ),
 }
 
 
