@@ -723,7 +723,13 @@ def _embedding_grad(e: Emitter, node: Node) -> None:
         table = e.op("ConstantOfShape", [e.ints(out.shape, "shape")], value=zero)
     index = ids.name if ids.dtype == "i64" else e.op("Cast", [ids.name], to=TensorProto.INT64)
     index = e.op("Unsqueeze", [index, e.ints([-1], "axes")])
-    e.op("ScatterND", [table, index, dy.name], out.name, reduction="add")
+    rows = dy.name
+    padding = node.attrs["padding_idx"]
+    if padding >= 0:  # lookups of the padding row add nothing: their rows scatter as zeros
+        pad = e.op("Equal", [index, e.ints([padding], "padding_idx")])
+        zero = e.tensor(torch.zeros((), dtype=dy.type.torch_dtype), "zero")
+        rows = e.op("Where", [pad, zero, rows])
+    e.op("ScatterND", [table, index, rows], out.name, reduction="add")
 
 
 def _split(e: Emitter, x: Value, heads: int, repeat: int = 1) -> str:

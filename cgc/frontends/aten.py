@@ -458,12 +458,25 @@ def _pad(
 
 
 @_converts(aten.embedding.default)
-def _embedding(cx: ConversionContext, weight: Any, indices: Any, *training_args: Any) -> Value:
-    """Table lookup; padding_idx and the sparse-gradient flags only matter for training."""
+def _embedding(
+    cx: ConversionContext,
+    weight: Any,
+    indices: Any,
+    padding_idx: int = -1,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+) -> Value:
+    """Table lookup. padding_idx (no gradient into that row) is kept for autodiff; a sparse
+    gradient is the same sum stored densely."""
+    if scale_grad_by_freq:
+        raise cx.unsupported("embedding with scale_grad_by_freq (a gradient scaled by counts)")
     ids = cx.value(indices)
     if ids.dtype not in ("i64", "i32"):
         ids = cx.g.call("cast", ids, dtype="i64")
-    return cx.g.call("embedding", cx.value(weight), ids)
+    table = cx.value(weight)
+    if padding_idx < 0:
+        return cx.g.call("embedding", table, ids)
+    return cx.g.call("embedding", table, ids, padding_idx=padding_idx)
 
 
 @_converts(aten.index.Tensor)

@@ -63,6 +63,10 @@ CASES = {
         "%i: i32[6], %d: f32[6,3], %a: f32[4,3]",
         "%y = embedding_grad(%i, %d, %a) {num_rows=4} : f32[4,3]",
     ),
+    "embedding_grad:padding": (
+        "%i: i64[2,6], %d: f32[2,6,3], %a: f32[4,3]",
+        "%y = embedding_grad(%i, %d, %a) {num_rows=4, padding_idx=2} : f32[4,3]",
+    ),
 }
 
 
@@ -102,6 +106,16 @@ def test_decomposition_matches_reference(case: str) -> None:
     got = interpret(g, *inputs)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_lookups_of_the_padding_row_add_nothing_to_it() -> None:
+    g = _graph("embedding_grad:padding")
+    ids, dy, acc = _inputs(g)
+    assert (ids == 2).sum() == 1  # a lookup of the padding row
+    (got,) = interpret(g, ids, dy, acc)
+    assert torch.equal(got[2], acc[2])  # the accumulator (a tied head's gradient) stays
+    for row in (0, 1, 3):
+        torch.testing.assert_close(got[row], acc[row] + dy[ids == row].sum(0))
 
 
 def test_a_query_without_keys_has_infinite_lse_and_zero_gradients() -> None:

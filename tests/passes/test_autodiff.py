@@ -100,6 +100,36 @@ def test_tied_weights_get_one_summed_gradient(run_pipeline) -> None:
     torch.testing.assert_close(dgain, gain.grad)
 
 
+class PaddedLM(torch.nn.Module):
+    """Token embedding with a padding row (Hugging Face sets padding_idx = pad_token_id) and
+    an LM head tied to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = torch.nn.Embedding(7, 4, padding_idx=1)
+        self.gain = torch.nn.Parameter(torch.randn(4, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.wte(ids) * self.gain, self.wte.weight).logsumexp(-1).mean()
+
+
+def test_the_padding_row_gets_only_the_tied_heads_gradient() -> None:
+    from cgc import driver
+
+    torch.manual_seed(0)
+    model = PaddedLM()
+    ids = torch.tensor([[1, 3, 1, 5, 0], [2, 1, 6, 4, 1]])
+    g = driver.trace(model, (ids,))
+    assert "embedding(%wte.weight, %ids) {padding_idx=1} : f32[2,5,4]" in str(g)
+    driver.run_passes(g, "autodiff")
+    (scatter,) = [n for n in g.nodes if n.op == "embedding_grad"]
+    assert scatter.attrs == {"num_rows": 7, "padding_idx": 1}
+    got = dict(zip([v.name for v in g.outputs], interpret(g, ids), strict=True))
+    model(ids).backward()
+    torch.testing.assert_close(got["grad.wte.weight"], model.wte.weight.grad)
+    torch.testing.assert_close(got["grad.gain"], model.gain.grad)
+
+
 ATTENTION = """\
 graph @attn(%x: f32[1,6,8]) {
   param trainable %w: f32[24,8]

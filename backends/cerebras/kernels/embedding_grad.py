@@ -5,7 +5,8 @@ gradient, here in fp32 accumulators, first loaded with the accumulator operand w
 one (the tied LM head's gradient, computed on the wafer) or zeros. A token's id and its dy
 slices travel down every column; the row owning the id adds the slices to its block. Tokens are
 added in stream order, so repeated ids sum in that order (what the simulator reproduces). The
-cycle model assumes every token may hit the same row, as the lookup's does.
+cycle model assumes every token may hit the same row, as the lookup's does. Tokens of the
+padding row (padding_idx) travel but add nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from cgc.backends.cerebras.kernels.base import Cost, Kernel, ceil_div, elem_bytes, words
 from cgc.backends.cerebras.precision import round_to
+from cgc.ir.ops.backward import without_padding
 
 
 class EmbeddingGrad(Kernel):
@@ -64,5 +66,6 @@ class EmbeddingGrad(Kernel):
     def _execute(self, args, tiling):
         ids, dy = args[0].reshape(-1), args[1].reshape(-1, self.d)
         out = args[2].clone() if self.acc else dy.new_zeros(self.rows_total, self.d)
+        dy = without_padding(ids, dy, self.attrs["padding_idx"])
         out.index_add_(0, ids, dy)  # CPU index_add_ adds the source rows in index order
         return [round_to(out, self.precision)]

@@ -24,6 +24,7 @@ from cgc.ir.ops.nn import (
     _merge_heads,
     _split_heads,
     attention_scores,
+    check_padding_idx,
     decompose_scores,
     merge_heads,
     split_heads,
@@ -257,6 +258,7 @@ def _infer_embedding_grad(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -
         raise IRError(f"embedding_grad: ids {ids} and cotangent {dy} do not fit")
     if attrs["num_rows"] < 1:
         raise IRError(f"embedding_grad: num_rows must be positive, got {attrs['num_rows']}")
+    check_padding_idx("embedding_grad", attrs["padding_idx"], attrs["num_rows"])
     out = dy.with_shape((attrs["num_rows"], dy.shape[-1]))
     if len(ins) == 3 and ins[2] != out:
         raise IRError(f"embedding_grad: accumulator {ins[2]} is not the table's type {out}")
@@ -268,13 +270,15 @@ def _embedding_grad_flops(ins: Sequence[TensorType], outs: Sequence[TensorType],
 
 
 def _decompose_embedding_grad(g, ins: Sequence, attrs: Mapping[str, Any]) -> list:
-    """A one-hot matrix of the ids, transposed, times the cotangent rows (plus acc)."""
+    """A one-hot matrix of the ids, transposed, times the cotangent rows (plus acc); the
+    padding row's id is -1 in the row table, so no lookup matches it."""
     ids, dy = ins[:2]
     n, rows, width = ids.type.numel, attrs["num_rows"], dy.shape[-1]
     name = g.fresh_name(f"row_ids_{rows}")
-    row_ids = g.add_param(
-        name, TensorType((rows,), ids.dtype), torch.arange(rows, dtype=ids.type.torch_dtype)
-    )
+    table = torch.arange(rows, dtype=ids.type.torch_dtype)
+    if attrs["padding_idx"] >= 0:
+        table[attrs["padding_idx"]] = -1
+    row_ids = g.add_param(name, TensorType((rows,), ids.dtype), table)
     column = g.call("reshape", ids, shape=[n, 1])
     onehot = g.call("cast", g.call("eq", column, row_ids), dtype=dy.dtype)
     flat = g.call("reshape", dy, shape=[n, width])
@@ -285,18 +289,33 @@ def _decompose_embedding_grad(g, ins: Sequence, attrs: Mapping[str, Any]) -> lis
 @register(
     "embedding_grad",
     arity=(2, 3),
-    attrs={"num_rows": REQUIRED},
+    attrs={"num_rows": REQUIRED, "padding_idx": -1},
     infer=_infer_embedding_grad,
     flops=_embedding_grad_flops,
     decompose=_decompose_embedding_grad,
     category="fused",
     differentiable=False,
+    elide={"padding_idx"},
 )
 def embedding_grad(
-    ids: torch.Tensor, dy: torch.Tensor, acc: torch.Tensor | None = None, *, num_rows: int
+    ids: torch.Tensor,
+    dy: torch.Tensor,
+    acc: torch.Tensor | None = None,
+    *,
+    num_rows: int,
+    padding_idx: int = -1,
 ) -> torch.Tensor:
     """The table's gradient of `embedding(table, ids)`: row r sums dy where ids == r, added to
-    `acc` when given (the gradient so far of a table with other uses, e.g. a tied LM head)."""
+    `acc` when given (the gradient so far of a table with other uses, e.g. a tied LM head);
+    lookups of row `padding_idx` add nothing."""
     width = dy.shape[-1]
     out = dy.new_zeros(num_rows, width) if acc is None else acc.clone()
-    return out.index_add_(0, ids.reshape(-1), dy.reshape(-1, width))
+    return out.index_add_(0, ids.reshape(-1), without_padding(ids, dy, padding_idx))
+
+
+def without_padding(ids: torch.Tensor, dy: torch.Tensor, padding_idx: int) -> torch.Tensor:
+    """The cotangent rows [n, d] of the lookups, zero where the id is the padding row."""
+    rows = dy.reshape(-1, dy.shape[-1])
+    if padding_idx < 0:
+        return rows
+    return rows.masked_fill((ids.reshape(-1) == padding_idx).unsqueeze(-1), 0.0)

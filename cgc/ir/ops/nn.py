@@ -26,17 +26,35 @@ def _infer_embedding(ins: Sequence[TensorType], attrs: Mapping[str, Any]) -> lis
     table, ids = ins
     if table.rank != 2 or ids.dtype not in ("i64", "i32"):
         raise IRError(f"embedding: expected a [vocab, dim] table and int ids, got {table}, {ids}")
+    check_padding_idx("embedding", attrs["padding_idx"], table.shape[0])
     return [TensorType(ids.shape + (table.shape[1],), table.dtype)]
 
 
+def check_padding_idx(op: str, padding_idx: int, rows: int) -> None:
+    """padding_idx is a row of the table, or -1 for none."""
+    if not -1 <= padding_idx < rows:
+        raise IRError(f"{op}: padding_idx {padding_idx} is not a row of {rows} (or -1 for none)")
+
+
 def _embedding_vjp(g, node, cotangents):
-    """The table's gradient: each row gets the sum of the cotangents of its lookups."""
+    """The table's gradient: each row gets the sum of the cotangents of its lookups (none for
+    the padding row)."""
     table, ids = node.inputs
-    return [g.call("embedding_grad", ids, cotangents[0], num_rows=table.shape[0]), None]
+    rows, padding = table.shape[0], node.attrs["padding_idx"]
+    return [g.call("embedding_grad", ids, cotangents[0], num_rows=rows, padding_idx=padding), None]
 
 
-@register("embedding", arity=2, infer=_infer_embedding, vjp=_embedding_vjp)
-def embedding(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+# padding_idx (torch.nn.Embedding's) changes only the gradient: lookups of that row add nothing
+# to it, as PyTorch defines it.
+@register(
+    "embedding",
+    arity=2,
+    attrs={"padding_idx": -1},
+    infer=_infer_embedding,
+    vjp=_embedding_vjp,
+    elide={"padding_idx"},
+)
+def embedding(table: torch.Tensor, ids: torch.Tensor, *, padding_idx: int = -1) -> torch.Tensor:
     """Rows of `table` selected by integer `ids`."""
     return F.embedding(ids, table)
 

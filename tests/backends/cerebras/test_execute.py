@@ -308,6 +308,17 @@ def test_embedding_is_the_rounded_table_row(one_node, precision) -> None:
     assert torch.equal(out, round_to(table[ids], precision))
 
 
+def test_embedding_grad_adds_nothing_into_the_padding_row(one_node) -> None:
+    node = one_node(
+        "%y = embedding_grad(%i, %d) {num_rows=6, padding_idx=2} : f32[6,4]",
+        "%i: i64[2,5], %d: f32[2,5,4]",
+    )
+    ids, dy = torch.tensor([[2, 0, 2, 5, 1], [3, 2, 0, 4, 2]]), randn(2, 5, 4)
+    out = run(node, [ids, dy], 3, 2, "fp32")
+    assert torch.equal(out[2], torch.zeros(4))
+    assert_fp32_close(out, reference(node, [ids, dy]))
+
+
 def test_free_ops_move_data_exactly(one_node) -> None:
     node = one_node(
         "%t = neg(%x) : f32[2,4,6]\n  %y = transpose(%t) {perm=[0,2,1]} : f32[2,6,4]",

@@ -280,6 +280,10 @@ CASES: dict[str, tuple[str, str]] = {
         "%i: i32[5], %d: f32[5,4], %a: f32[7,4]",
         "%y = embedding_grad(%i, %d, %a) {num_rows=7} : f32[7,4]",
     ),
+    "embedding_grad:padding": (
+        "%i: i64[2,3], %d: f32[2,3,4]",
+        "%y = embedding_grad(%i, %d) {num_rows=7, padding_idx=1} : f32[7,4]",
+    ),
     "attention_lse": (
         "%q: f32[2,5,12], %k: f32[2,5,12], %v: f32[2,5,12]",
         "%y, %y1 = attention_lse(%q, %k, %v) {causal=true, num_heads=3, scale=0.5}"
@@ -444,6 +448,7 @@ def test_fused_ops_lower_to_single_kernels(case: str, op_types: list[str]) -> No
         ("pad:interior", ["Unsqueeze", "Pad", "Reshape", "Pad"]),
         ("embedding_grad", ["ConstantOfShape", "Unsqueeze", "ScatterND"]),
         ("embedding_grad:i32_acc", ["Cast", "Unsqueeze", "ScatterND"]),  # into the accumulator
+        ("embedding_grad:padding", ["ConstantOfShape", "Unsqueeze", "Equal", "Where", "ScatterND"]),
         (
             "layer_norm_grad",
             ["LayerNormalization", "Mul", "ReduceMean", "Mul", "ReduceMean", "Sub", "Mul"]
