@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from zoo import nanogpt
+from zoo import families, nanogpt
 
 import cgc
 from cgc import models
@@ -49,6 +49,26 @@ def test_adamw_steps_match_eager(backend: str) -> None:
         else:
             got_p = params[name]
         torch.testing.assert_close(got_p, p.detach(), rtol=0, atol=3e-4 * float(p.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "phi", "falcon"])
+def test_hugging_face_families_with_a_pad_token_train_as_eager(name: str) -> None:
+    """Their embeddings have padding_idx = pad_token_id (0): the pad row gets no gradient."""
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(1, families.VOCAB, (2, 16), generator=gen) for _ in range(3)]
+    for b in batches:
+        b[:, 5] = 0  # every batch looks the padding row up
+    optimizer, schedule = AdamW(), Schedule("linear", warmup=1, total=3)
+    module = families.CausalLM(families.hf_model(name))
+    trainer = cgc.compile_train(module, batches[0], optimizer, schedule=schedule)
+    got = [trainer.step(b) for b in batches]
+    want = _eager(
+        module.train(), batches, optimizer, schedule, lambda m, b: next_token_loss(m(b), b)
+    )
+    assert got == pytest.approx(want, rel=1e-5)
+    params = trainer.params()
+    for n, p in module.named_parameters():
+        torch.testing.assert_close(params[n], p.detach(), rtol=0, atol=1e-4 * float(p.abs().max()))
 
 
 def test_a_model_with_its_own_loss_trains_with_sgd() -> None:
