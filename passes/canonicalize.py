@@ -183,6 +183,7 @@ class Canonicalize(Pass):
       only in slices (`<weight>.slice`); other transposes are layouts, kept;
     - dead-code elimination of unused nodes and parameters;
     - common-subexpression elimination (same op, inputs and attributes);
+    - concat operands with no elements dropped;
     - the identities in RULES (no-op views, view chains, x·1, x+0, and flattened batches
       ([b·h, t, d] views) moved after the transposes, matmuls and elementwise ops on them);
     - commutative operands ordered (computed, parameter, constant): constants come second.
@@ -198,6 +199,7 @@ class Canonicalize(Pass):
             stats["fold"] += self.fold_constants(graph, ctx)
             stats["commute"] += order_operands(graph, ctx)
             stats["cse"] += eliminate_common(graph, ctx)
+            stats["empty-operand"] += drop_empty_concat_operands(graph, ctx)
             stats.update(apply_patterns(graph, RULES, ctx))
             dead_nodes, dead_params = eliminate_dead(graph)
             stats["dead-node"] += dead_nodes
@@ -334,6 +336,24 @@ def eliminate_common(graph: Graph, ctx: PassContext) -> int:
         graph.erase_node(node)
         merged += 1
     return merged
+
+
+def drop_empty_concat_operands(graph: Graph, ctx: PassContext) -> int:
+    """concat(a, ∅, b) = concat(a, b) and concat(a) = a, for operands with no elements (what
+    `x[..., d:]` leaves when a rotary covers the whole head); how many concats changed."""
+    changed = 0
+    for node in list(graph.nodes):
+        if node.op != "concat":
+            continue
+        kept = [v for v in node.inputs if v.type.numel > 0]
+        if not kept or len(kept) == len(node.inputs) or not ctx.allow_rewrite():
+            continue
+        with graph.inserting_before(node, node.meta):
+            new = kept[0] if len(kept) == 1 else graph.call("concat", *kept, **node.attrs)
+        graph.replace_all_uses(node.output, new)
+        graph.erase_node(node)
+        changed += 1
+    return changed
 
 
 def eliminate_dead(graph: Graph) -> tuple[int, int]:

@@ -128,6 +128,19 @@ def test_view_chains_fold(rewrite_text) -> None:
     )
 
 
+def test_concat_drops_operands_with_no_elements(rewrite_text) -> None:
+    text = body(
+        "  %rot = neg(%x) : f32[2,4]\n"
+        "  %pass = slice(%x) {axis=1, end=4, start=4, step=1} : f32[2,0]\n"
+        "  %y = concat(%rot, %pass) {axis=-1} : f32[2,4]\n"
+        "  %z = concat(%pass, %x, %pass, %rot) {axis=1} : f32[2,8]\n",
+        "%y, %z",
+    )
+    assert rewrite_text(text, "canonicalize") == body(
+        "  %y = neg(%x) : f32[2,4]\n  %z = concat(%x, %y) {axis=1} : f32[2,8]\n", "%y, %z"
+    )
+
+
 def test_multiplying_by_one_and_adding_zero_disappear_when_types_stay(rewrite_text) -> None:
     text = body(
         '  %one = constant() {dtype="f32", shape=[], value=1.0} : f32[]\n'
