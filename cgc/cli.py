@@ -801,10 +801,15 @@ def _check_generation(
     python_file = model.endswith(".py") or ".py:" in model
     loaded = driver.load_model(model, batch=None if python_file else batch, seed=seed)
     ids = loaded.example_inputs[0]
+    context = context_length(loaded.module, loaded.example_inputs)
     if not python_file:
-        context = context_length(loaded.module, loaded.example_inputs)
         length = seq_len or max(1, min(32, context - new_tokens))
         ids = driver.load_model(model, batch=batch, seq_len=length, seed=seed).example_inputs[0]
+    elif seq_len is not None or ids.shape[-1] + new_tokens > context:
+        # A model file's example input is the prompt: its first tokens when it is too long.
+        length = seq_len or max(1, context - new_tokens)
+        console.step(f"the prompt is the first {length} tokens of the example input")
+        ids = ids[..., :length]
     report = check_generation(
         loaded.name,
         loaded.module,

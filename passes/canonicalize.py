@@ -146,6 +146,24 @@ def _sink_through(op: str) -> Rewrite:
     return dataclasses.replace(sink_flatten, name=f"sink-flatten-{op}")
 
 
+def _expands_matrix_over_batch(m: Match) -> bool:
+    """b is a matrix that the expand only repeats over leading (batch) axes"""
+    b, expanded = m["b"].type, m["b_batch"].type
+    a = m["a"].type
+    return (
+        b.rank == 2
+        and expanded.shape[-2:] == b.shape
+        and a.rank >= 2
+        and a.shape[:-1] + b.shape[1:] == m.root.output.shape
+    )
+
+
+@rewrite(Op.matmul(a, Op.expand(b, name="b_batch")), where=_expands_matrix_over_batch)
+def broadcast_matmul_operand(m: Match, g: Graph) -> Value:
+    """a · expand(b, [N, k, n]) = a · b for a matrix b (aten's bmm form of a projection)"""
+    return g.call("matmul", m["a"], m["b"])
+
+
 @rewrite((x * 1.0) | (x / 1.0), where=_keeps_type)
 def drop_mul_one(m: Match, g: Graph) -> Value:
     """x·1 = x/1 = x"""
@@ -165,6 +183,7 @@ RULES = [
     fold_transpose_transpose,
     sink_flatten_transpose,
     sink_flatten_matmul,
+    broadcast_matmul_operand,
     *(_sink_through(op) for op in ("add", "sub", "mul", "div")),
     drop_mul_one,
     drop_add_zero,
@@ -184,8 +203,9 @@ class Canonicalize(Pass):
     - dead-code elimination of unused nodes and parameters;
     - common-subexpression elimination (same op, inputs and attributes);
     - concat operands with no elements dropped;
-    - the identities in RULES (no-op views, view chains, x·1, x+0, and flattened batches
-      ([b·h, t, d] views) moved after the transposes, matmuls and elementwise ops on them);
+    - the identities in RULES (no-op views, view chains, x·1, x+0, a matrix expanded over a
+      matmul's batch axes, and flattened batches ([b·h, t, d] views) moved after the
+      transposes, matmuls and elementwise ops on them);
     - commutative operands ordered (computed, parameter, constant): constants come second.
     """
 
@@ -224,14 +244,26 @@ class Canonicalize(Pass):
             return False
         if node.op == "transpose":
             # A layout change, not a computation: the consumer decides the layout, not the size.
-            return _is_linear_weight_layout(graph, node)
+            return _is_linear_weight_layout(graph, node) and _may_relayout(graph, node.inputs[0])
         if node.op == "slice" and _is_weight_part(graph, node):
-            return True  # parts of a weight stay trainable, as its transposes (see _fold)
+            return _may_relayout(graph, node.inputs[0])  # parts stay trainable (see _fold)
         # A trainable weight is never folded into a new constant: its gradient would be lost.
         return node.output.type.numel <= self.fold_limit and all(
             is_known(graph, v) and v.type.numel <= self.fold_limit and v.name not in graph.trainable
             for v in node.inputs
         )
+
+
+def _may_relayout(graph: Graph, weight: Value) -> bool:
+    """Whether a weight may be stored in another layout, or in parts, under a new name.
+
+    Not a trainable weight of a graph that outputs a loss (a 0-d float: what autodiff
+    differentiates): training keys the optimizer state, checkpoints and the module's
+    state_dict by each parameter's own name and shape, and a part of a weight would leave the
+    rest of it out of the update (weight decay moves every element).
+    """
+    trained = any(v.type.rank == 0 and v.type.is_float for v in graph.outputs)
+    return not (trained and weight.name in graph.trainable)
 
 
 def _is_linear_weight_layout(graph: Graph, node: Node) -> bool:

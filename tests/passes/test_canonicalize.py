@@ -141,6 +141,27 @@ def test_concat_drops_operands_with_no_elements(rewrite_text) -> None:
     )
 
 
+def test_a_matrix_expanded_over_a_matmuls_batch_is_broadcast(rewrite_text) -> None:
+    """nn.MultiheadAttention's in-projection traces as bmm with the weight expanded per token."""
+    text = body(
+        "  %e = expand(%w) {shape=[3, 4, 6]} : f32[3,4,6]\n"
+        "  %y = matmul(%x, %e) : f32[3,2,6]\n"
+        "  %f = expand(%w) {shape=[2, 3, 4, 6]} : f32[2,3,4,6]\n"
+        "  %z = matmul(%x, %f) : f32[2,3,2,6]\n",
+        "%y, %z",
+        "%x: f32[3,2,4]",
+        "  param %w: f32[4,6]\n",
+    )
+    assert rewrite_text(text, "canonicalize") == body(
+        "  %y = matmul(%x, %w) : f32[3,2,6]\n"
+        "  %f = expand(%w) {shape=[2, 3, 4, 6]} : f32[2,3,4,6]\n"
+        "  %z = matmul(%x, %f) : f32[2,3,2,6]\n",
+        "%y, %z",
+        "%x: f32[3,2,4]",
+        "  param %w: f32[4,6]\n",
+    )
+
+
 def test_multiplying_by_one_and_adding_zero_disappear_when_types_stay(rewrite_text) -> None:
     text = body(
         '  %one = constant() {dtype="f32", shape=[], value=1.0} : f32[]\n'
