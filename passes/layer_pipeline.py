@@ -502,12 +502,20 @@ class Sizer:
             return None
         hi = max(self.costs[u](s, s)[0] for u, s in enumerate(isqrt(a) for a in base))
 
+        found: dict[int, list[int]] = {}
+
         def fits(t: int) -> bool:
             areas = [self.square_area(u, t) for u in range(len(self.costs))]
-            return None not in areas and sum(areas) <= total
+            if None in areas or sum(areas) > total:
+                return False
+            found[t] = areas
+            return True
 
+        # The areas a period was found with, not a new search: a unit whose cycles do not
+        # fall with its size (one decode token: hops grow as compute shrinks) may be answered
+        # differently once the searches have probed other sizes.
         period = _least_period(hi, fits)
-        return [self.square_area(u, period) for u in range(len(self.costs))], period
+        return None if period is None else (found[period], period)
 
 
 def _waste(widths: float, heights: list[float]) -> float:

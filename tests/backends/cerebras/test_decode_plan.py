@@ -67,3 +67,22 @@ def test_a_graph_that_is_not_a_decode_step_is_refused(step_graphs) -> None:
     prefill, _ = step_graphs
     with pytest.raises(InputError, match=r"graph @gpt_prefill is not a decode step"):
         compile_decode(prefill, {}, target=TARGET)
+
+
+def test_a_plan_keeps_the_areas_its_period_was_found_with() -> None:
+    """OLMo-2's one-token stages (q and k norms over the whole width) cost cycles that do not
+    fall with their size; sizing them again after the period search found none that fits."""
+    import transformers
+    from zoo.families import CausalLM
+
+    from cgc.generation import trace_step_graphs
+
+    config = transformers.Olmo2Config(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=64, vocab_size=100, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    module = CausalLM(transformers.AutoModelForCausalLM.from_config(config)).eval()
+    graphs = trace_step_graphs(module, batch=2, capacity=35, prompt_tokens=32)
+    program = compile_decode(graphs.decode, {}, target="fabric:64x64", prompt_tokens=32).program
+    assert program["generation"]["capacity"] == 35
