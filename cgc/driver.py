@@ -16,6 +16,7 @@ from cgc.artifact import Artifact, read_manifest
 from cgc.backends import get_backend
 from cgc.errors import CgcError, InputError, ModelError
 from cgc.ir import Graph
+from cgc.models.context import declared_context
 
 
 @dataclass
@@ -52,7 +53,12 @@ def load_model(
 
         folder = latest_checkpoint(spec) if is_run(spec) else Path(spec)
         module = models.load_hf_checkpoint(folder)
-        inputs = models.example_inputs(module.config, batch or 1, seq_len, seed=seed)
+        if isinstance(module, models.GPT):
+            inputs = models.example_inputs(module.config, batch or 1, seq_len, seed=seed)
+        else:  # another family, through transformers: its config names context and vocabulary
+            context = declared_context(module) or 128
+            vocab = module.config.vocab_size
+            inputs = models.token_ids(vocab, context, batch or 1, seq_len, seed=seed)
         return LoadedModel(Path(spec).resolve().name, module, inputs, f"checkpoint {folder}")
     if spec in models.available():
         config = models.get_config(spec)

@@ -1,5 +1,6 @@
 """Hugging Face GPT-2 checkpoints (the format Cerebras-GPT is published in): load one as a GPT,
-and write a GPT's weights as one that `transformers` loads (what training saves).
+and write a GPT's weights as one that `transformers` loads (what training saves). Other
+families' checkpoints load through transformers (causal_lm.py).
 
 Only safetensors is read or written: a pickle checkpoint can run arbitrary code when loaded.
 """
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cgc.errors import ModelError
+from cgc.models.causal_lm import load_causal_lm, model_type
 from cgc.models.config import GPTConfig
 from cgc.models.gpt import GPT
 
@@ -31,14 +33,18 @@ _IGNORED = (".attn.bias", ".attn.masked_bias")
 _MUP = ("mup", "mup_base_width", "embeddings_scale")
 
 
-def load_hf_checkpoint(path: str | Path) -> GPT:
-    """Build a GPT from a folder holding config.json and model.safetensors (or its shards)."""
+def load_hf_checkpoint(path: str | Path) -> torch.nn.Module:
+    """The model in a folder holding config.json and model.safetensors (or its shards): a GPT
+    for GPT-2 checkpoints, any other causal-LM family through transformers (causal_lm.py)."""
     folder = Path(path)
     if not folder.is_dir():
         raise ModelError(
-            f"{folder}: no such folder; pass a Hugging Face GPT-2 checkpoint folder"
+            f"{folder}: no such folder; pass a Hugging Face checkpoint folder"
             " containing config.json and model.safetensors"
         )
+    kind = model_type(folder)
+    if kind != "gpt2":
+        return load_causal_lm(folder, kind)
     config = _read_config(folder / "config.json")
     tensors = _read_tensors(folder)
     model = GPT(config, device="meta")
@@ -57,9 +63,6 @@ def _read_config(file: Path) -> GPTConfig:
         raise ModelError(
             f"{file}: not valid JSON ({err}); restore the checkpoint's config.json"
         ) from err
-    model_type = raw.get("model_type")
-    if model_type != "gpt2":
-        raise ModelError(f"{file}: model_type is {model_type!r}; only 'gpt2' checkpoints load")
     # GPT2Config defaults to the tanh approximation ("gelu_new"); ours is the exact erf GELU.
     activation = raw.get("activation_function", "gelu_new")
     if activation != "gelu":

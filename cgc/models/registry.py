@@ -40,17 +40,22 @@ def example_inputs(
     config: GPTConfig, batch: int = 1, seq_len: int | None = None, seed: int = 0
 ) -> tuple[torch.Tensor]:
     """Seeded token ids [batch, seq_len] (int64, in [0, vocab)); seq_len defaults to 128 or less."""
+    return token_ids(config.vocab_size, config.n_positions, batch, seq_len, seed)
+
+
+def token_ids(
+    vocab: int, context: int, batch: int = 1, seq_len: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor]:
+    """Seeded token ids [batch, seq_len] in [0, vocab) for a model of `context` positions."""
     if seq_len is None:
-        seq_len = min(128, config.n_positions)
-    if not 1 <= seq_len <= config.n_positions:
+        seq_len = min(128, context)
+    if not 1 <= seq_len <= context:
         raise ModelError(
-            f"seq_len {seq_len} is outside 1..{config.n_positions}, the model's context;"
+            f"seq_len {seq_len} is outside 1..{context}, the model's context;"
             " pick a shorter sequence"
         )
     if batch < 1:
         raise ModelError(f"batch {batch} must be at least 1")
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(
-        0, config.vocab_size, (batch, seq_len), generator=generator, dtype=torch.int64
-    )
+    ids = torch.randint(0, vocab, (batch, seq_len), generator=generator, dtype=torch.int64)
     return (ids,)

@@ -276,11 +276,15 @@ def compile_train(
 
 
 def model_saver(module: torch.nn.Module | None, eos_id: int | None = None) -> SaveModel:
-    """How a checkpoint stores `module`'s weights: a Hugging Face GPT-2 checkpoint for cgc's
-    GPT, the parameters by name otherwise."""
+    """How a checkpoint stores `module`'s weights: a Hugging Face checkpoint for cgc's GPT
+    (GPT-2's layout) and for a transformers causal LM (its own), the parameters by name
+    otherwise."""
     from cgc.models import GPT, save_hf_checkpoint
+    from cgc.models.causal_lm import CausalLM, save_causal_lm
 
     if isinstance(module, GPT):
         config = module.config
         return lambda params, folder: save_hf_checkpoint(config, params, folder, eos_id=eos_id)
+    if isinstance(module, CausalLM):
+        return lambda params, folder: save_causal_lm(module, params, folder)
     return lambda params, folder: save_weights(params, folder)

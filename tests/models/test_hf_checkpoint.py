@@ -112,7 +112,7 @@ def test_half_precision_checkpoint_loads_as_fp32(tmp_path: Path) -> None:
 
 
 def test_missing_folder(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match=r"nope: no such folder; pass a Hugging Face GPT-2"):
+    with pytest.raises(ModelError, match=r"nope: no such folder; pass a Hugging Face checkpoint"):
         load_hf_checkpoint(tmp_path / "nope")
 
 
