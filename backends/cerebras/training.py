@@ -17,6 +17,10 @@ updates) is cut at its gradients (cgc.training.split):
 Mixed precision with loss scaling (cgc.training.loss_scale; on by default for fp16): the wafer's
 backward is seeded with the scale S (cgc.passes.autodiff.scale_loss), the host divides the
 gradients by S in fp32 and skips the update of a step whose gradients overflowed.
+
+In a data-parallel run (cgc.training.data_parallel) each worker is one system of a cluster:
+`WaferGradients` runs the joint part on its share of the batch, the workers sum the gradients
+(SwarmX), and the update runs on the host in the interpreter as above.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 
 from cgc.backends.cerebras import report
 from cgc.backends.cerebras.artifact import compile as compile_program
+from cgc.backends.cerebras.cluster import cluster_step
 from cgc.backends.cerebras.program import dumps, loads
 from cgc.backends.cerebras.simulator import Simulator
 from cgc.errors import InputError
@@ -75,12 +80,7 @@ class WaferTrainingSession:
         weights = step_graph.weights
         self.frozen = {n: weights[n] for n in self.program["params"] if n in weights}
         self.batch_names = [v.name for v in joint.inputs if v is not scale_input]
-        estimate = report.estimate(
-            self.program, self.simulator.region_cycles, self.simulator.recompute_cycles or None
-        )
-        self.cycles = estimate["period_cycles"]
-        self.tokens_per_s = estimate["tokens_per_s"]
-        self.report = estimate
+        self.report = _estimate(self.program, self.simulator)
         types = {v.name: v.type for v in step_graph.inputs}
         self.state = {
             x: state[x].detach().clone().float()
@@ -91,8 +91,7 @@ class WaferTrainingSession:
         self._given = {x: t for x, t in state.items() if x in self.pairs} if in_place else {}
         if self.loss_scale is not None and LOSS_SCALE in state:
             self._load_scale(state)
-        self._eval_graph = eval_graph
-        self._eval: tuple[dict[str, Any], Simulator, list[str]] | None = None
+        self._eval = _Evaluation(eval_graph, self.params, self.options)
 
     def _weights(self) -> dict[str, torch.Tensor]:
         return {**self.frozen, **{p: self.state[p] for p in self.params}}
@@ -124,23 +123,14 @@ class WaferTrainingSession:
             with torch.no_grad():
                 for x, tensor in self._given.items():
                     tensor.copy_(self.state[x])
-        metrics |= {"wafer_cycles": float(self.cycles), "wafer_tokens_per_s": self.tokens_per_s}
+        metrics |= _metrics(self.report)
         if scale is not None:
             metrics |= {"loss_scale": scale, "skipped": 0.0 if apply else 1.0}
         return metrics
 
     def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         """The evaluation graph's outputs on the wafer, with the current parameters."""
-        if self._eval_graph is None:
-            raise InputError("this training session was built without an evaluation graph")
-        if self._eval is None:
-            g = self._eval_graph.copy()
-            inputs_to_params(g, [v.name for v in g.inputs if v.name in self.params])
-            program, simulator = _simulate(g, self.options)
-            self._eval = (program, simulator, [v.name for v in g.inputs])
-        _, simulator, names = self._eval
-        simulator.weights = {**self._eval_graph.weights, **self._weights()}
-        return simulator.run(*(_need(inputs, n) for n in names))
+        return self._eval.run(inputs, self._weights())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Copies of the parameters and optimizer state, by input name; with loss scaling also
@@ -163,6 +153,104 @@ class WaferTrainingSession:
         self.loss_scale.load_state_dict(
             {"scale": float(state[LOSS_SCALE]), "good_steps": int(state[GOOD_STEPS])}
         )
+
+
+class WaferGradients:
+    """The joint part of a data-parallel step (cgc.training.runners.GradientSession) on one
+    simulated system: loss and gradients of this worker's share of the batch, from the fp32
+    master weights of the host session that updates them (`params`, the interpreter, as
+    MemoryX), written into the buffers the workers sum. `run` returns the system's simulated
+    `wafer_cycles` and `wafer_tokens_per_s` for its share, and the tokens/s the cluster model
+    (cgc.backends.cerebras.cluster) predicts for `systems` of them with SwarmX,
+    `wafer_cluster_tokens_per_s`. fp16 is refused: its dynamic loss
+    scale would have to skip the update on every worker alike."""
+
+    def __init__(
+        self,
+        joint: Graph,
+        params: Any,
+        outputs: Mapping[str, torch.Tensor],
+        *,
+        eval_graph: Graph | None = None,
+        target: str | None = None,
+        precision: str | None = None,
+        systems: int = 1,
+    ) -> None:
+        if precision == "fp16":
+            raise InputError(
+                "data-parallel training on the wafer runs fp32, cb16 or bf16: fp16's dynamic "
+                "loss scaling is not shared between systems"
+            )
+        self.params = params
+        g = joint.copy()
+        self.param_names = [v.name for v in g.inputs if v.name in params.state]
+        inputs_to_params(g, self.param_names)
+        self.options = {"target": target or "wse2", "precision": precision or "fp32"}
+        self.options["mode"] = "auto"
+        self.program, self.simulator = _simulate(g, self.options)
+        self.frozen = {n: g.weights[n] for n in self.program["params"] if n in g.weights}
+        self.batch_names = [v.name for v in g.inputs]
+        self.outputs = [outputs[v.name] for v in g.outputs]
+        self.report = _estimate(self.program, self.simulator)
+        self.metrics = _metrics(self.report)
+        self.metrics["wafer_cluster_tokens_per_s"] = cluster_step(self.report, systems)[
+            "tokens_per_s"
+        ]
+        self._eval = _Evaluation(eval_graph, self.param_names, self.options)
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {**self.frozen, **{p: self.params.state[p] for p in self.param_names}}
+
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Loss and gradients of the batch `inputs` into the output buffers; the step's
+        simulated cycles and tokens/s."""
+        self.simulator.weights = self._weights()
+        values = self.simulator.run(*(_need(inputs, n) for n in self.batch_names))
+        for buffer, value in zip(self.outputs, values, strict=True):
+            buffer.copy_(value)
+        return dict(self.metrics)
+
+    def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The evaluation graph's outputs on the wafer, with the current parameters."""
+        return self._eval.run(inputs, self._weights())
+
+
+class _Evaluation:
+    """The evaluation graph as a wafer program, planned at its first use (a run may never
+    validate)."""
+
+    def __init__(self, graph: Graph | None, params: list[str], options: dict[str, str]) -> None:
+        self.graph = graph
+        self.params = params
+        self.options = options
+        self._compiled: tuple[Simulator, list[str]] | None = None
+
+    def run(
+        self, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]
+    ) -> list[torch.Tensor]:
+        if self.graph is None:
+            raise InputError("this training session was built without an evaluation graph")
+        if self._compiled is None:
+            g = self.graph.copy()
+            inputs_to_params(g, [v.name for v in g.inputs if v.name in self.params])
+            _, simulator = _simulate(g, self.options)
+            self._compiled = (simulator, [v.name for v in g.inputs])
+        simulator, names = self._compiled
+        simulator.weights = {**self.graph.weights, **weights}
+        return simulator.run(*(_need(inputs, n) for n in names))
+
+
+def _estimate(program: dict[str, Any], simulator: Simulator) -> dict[str, Any]:
+    """The report of a training program with the simulated cycles."""
+    return report.estimate(program, simulator.region_cycles, simulator.recompute_cycles or None)
+
+
+def _metrics(estimate: dict[str, Any]) -> dict[str, float]:
+    """A simulated step's metrics: its cycles and the tokens/s of one system."""
+    return {
+        "wafer_cycles": float(estimate["period_cycles"]),
+        "wafer_tokens_per_s": estimate["tokens_per_s"],
+    }
 
 
 def _simulate(graph: Graph, options: dict[str, str]) -> tuple[dict[str, Any], Simulator]:

@@ -194,7 +194,7 @@ class OrtGradients:
                 out.name, _view(self._outputs[out.name].numpy(), out.shape)
             )
 
-    def run(self, inputs: Mapping[str, torch.Tensor]) -> None:
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Loss and gradients of the batch `inputs` at the current parameters."""
         for name in self.param_names:  # rebound: a buffer the update swaps moves
             self.binding.bind_ortvalue_input(
@@ -204,6 +204,10 @@ class OrtGradients:
         for name, array in arrays.items():
             self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
         self.session.run_with_iobinding(self.binding)
+        return {}
+
+    def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        return self.params.evaluate(inputs)
 
 
 def _view(memory: np.ndarray, shape: list[int]) -> ort.OrtValue:

@@ -14,7 +14,9 @@ The step graph is cut at its gradients (cgc.training.split): the joint part (par
 -> loss, grad.P) runs in a gradient session (cgc.training.runners) that reads the live
 parameters of the session running the update part (parameters, state, step, grad.P -> new
 ones) and writes the loss and gradients into one flat buffer per dtype, which is reduced in
-one all_reduce and then read by the update as its input, with no copy on the way.
+one all_reduce and then read by the update as its input, with no copy on the way. On the wafer
+(cgc.backends.cerebras.training.WaferGradients) each worker simulates one system of the
+cluster running its share, and the update runs on the host, in MemoryX's place.
 
 The loss of the global batch is what one process computes on all of it. A mean cross-entropy
 divides by the targets that are not ignore_index, which need not be equal across shares: each
@@ -36,7 +38,7 @@ from cgc.errors import InputError
 from cgc.ir import Graph, interpret
 from cgc.ir.ops.random import RNG_SEED
 from cgc.training.distributed import World, collective
-from cgc.training.runners import open_gradients, open_session
+from cgc.training.runners import UPDATED_BY, open_gradients, open_session
 from cgc.training.split import carried, split_step
 from cgc.training.step import LOSS, STEP
 
@@ -112,6 +114,8 @@ class DataParallelSession:
         *,
         threads: int | None = None,
         in_place: bool = False,
+        target: str | None = None,
+        precision: str | None = None,
     ) -> None:
         from cgc.passes.canonicalize import eliminate_dead
 
@@ -124,20 +128,29 @@ class DataParallelSession:
         self.world = world
         _broadcast(state, sorted(set(carried(update)) & set(state)))
         self.update = open_session(
-            backend, update, state, eval_graph, threads=threads, in_place=in_place
+            UPDATED_BY.get(backend, backend),
+            update,
+            state,
+            eval_graph,
+            threads=threads,
+            in_place=in_place,
         )
         self.buckets, views = _buckets(joint)
         self.loss = views[joint.outputs[0].name]
         self.grads = {v.name: views[v.name] for v in joint.outputs[1:]}
-        self.gradients = open_gradients(backend, joint, self.update, views, threads=threads)
+        wafer = {"target": target, "precision": precision, "systems": world.size}
+        self.gradients = open_gradients(
+            backend, joint, self.update, views, threads=threads, eval_graph=eval_graph, **wafer
+        )
 
     def step(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """One step on this worker's share of the global batch; the global loss, grad_norm, lr."""
+        """One step on this worker's share of the global batch; the global loss, grad_norm, lr
+        (and a simulated system's cycles and tokens/s for its share)."""
         local = dict(inputs)
         if RNG_SEED in local:  # each worker its own dropout masks (see rng_seed)
             local[RNG_SEED] = local[RNG_SEED] * self.world.size + self.world.rank
         weight = self.share.weight(local, self.world)
-        self.gradients.run(local)
+        metrics = self.gradients.run(local)
         for bucket in self.buckets:
             if weight == 0:  # an empty share: its NaN mean must not reach the sum
                 bucket.zero_()
@@ -147,12 +160,12 @@ class DataParallelSession:
             for bucket in self.buckets:
                 dist.all_reduce(bucket)
         scalars = self.update.step({**self.grads, STEP: inputs[STEP]})
-        return {LOSS: float(self.loss), **scalars}
+        return {LOSS: float(self.loss), **scalars, **metrics}
 
     def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         """The global loss of the batch whose share `inputs` is (the evaluation graph's only
         output), no update."""
-        (loss,) = self.update.evaluate(inputs)
+        (loss,) = self.gradients.evaluate(inputs)
         weight = self.share.weight(inputs, self.world)
         total = torch.tensor([float(loss) * weight if weight else 0.0], dtype=torch.float64)
         with collective("summing the validation loss"):

@@ -43,7 +43,7 @@ from cgc.training.data import Windows, check_source, read_text, tokenize
 from cgc.training.distributed import WorkerFailed, World, launch
 from cgc.training.metrics import MetricsLog, plot, read_metrics
 from cgc.training.optim import LR, MAX_GRAD_NORM, OPTIMIZERS, Optimizer
-from cgc.training.runners import BACKENDS, DATA_PARALLEL, open_session
+from cgc.training.runners import BACKENDS, open_session
 from cgc.training.schedule import FLOOR, KINDS, WARMUP_SHARE, Schedule
 from cgc.training.task import Feed, load_task
 from cgc.training.trainer import Trainer, training_graphs
@@ -57,8 +57,11 @@ _TRAJECTORY = (
 
 
 # What a simulated wafer's session reports per step besides the step graph's scalars
-# (cgc.backends.cerebras.training); recorded in metrics.jsonl as they come.
-WAFER_METRICS = ("wafer_cycles", "wafer_tokens_per_s", "loss_scale", "skipped")
+# (cgc.backends.cerebras.training; the cluster's tokens/s with --systems > 1); recorded in
+# metrics.jsonl as they come.
+WAFER_METRICS = (
+    "wafer_cycles", "wafer_tokens_per_s", "wafer_cluster_tokens_per_s", "loss_scale", "skipped"
+)  # fmt: skip
 
 
 class TrainingStopped(CgcError):
@@ -96,12 +99,6 @@ class RunConfig:
         for name in (*positive, "systems"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.systems > 1 and self.backend not in DATA_PARALLEL:
-            raise InputError(
-                f"--systems {self.systems}: data parallel runs on {' and '.join(DATA_PARALLEL)}; "
-                f"the {self.backend} backend trains one system (bench/train_plans.py predicts "
-                "clusters)"
-            )
         if self.batch % self.systems:
             raise InputError(
                 f"--batch {self.batch} (the global batch) is not divisible by --systems "
@@ -116,6 +113,11 @@ class RunConfig:
         wafer = [k for k in ("target", "precision") if getattr(self, k) is not None]
         if wafer and self.backend != "cerebras":
             raise InputError(f"--{wafer[0]} applies to --backend cerebras")
+        if self.systems > 1 and self.precision == "fp16":
+            raise InputError(
+                f"--systems {self.systems}: data parallel on the wafer runs fp32, cb16 or bf16; "
+                "fp16's dynamic loss scaling is not shared between systems"
+            )
         if self.lr <= 0 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
             raise InputError("--lr must be positive and --min-lr between 0 and --lr")
 
@@ -323,7 +325,8 @@ def _train(
 
         session = DataParallelSession(
             config.backend, graphs.step, state, graphs.eval, world,
-            threads=world.threads(threads), in_place=True,
+            threads=world.threads(threads), in_place=True, target=config.target,
+            precision=config.precision,
         )  # fmt: skip
     trainer = Trainer(
         graphs, session, task.batch_names, optimizer, seed=config.seed, save_model=task.save_model

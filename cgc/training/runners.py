@@ -4,7 +4,8 @@ Both keep the parameters and optimizer state between steps and feed each step's 
 `new.X` back as its inputs `X` (cgc.training.step); the training loop only hands them batches.
 Data-parallel training (cgc.training.data_parallel) runs a step cut at its gradients: a session
 for the update part, and a gradient session for the joint part (batch -> loss, grad.P) that
-reads the update session's live parameters and writes into buffers it is given.
+reads the update session's live parameters and writes into buffers it is given. On the wafer
+the update runs on the host in the interpreter (MemoryX), as in cgc.backends.cerebras.training.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from cgc.training.step import carried
 
 INTERPRETER = "interpreter"
 BACKENDS = (INTERPRETER, "onnxruntime", "cerebras")
-DATA_PARALLEL = ("onnxruntime", INTERPRETER)  # backends with a gradient session (open_gradients)
+UPDATED_BY = {"cerebras": INTERPRETER}  # where a split step's update runs, if not the backend
 
 
 class StepSession(Protocol):
@@ -93,8 +94,12 @@ class InterpreterSession:
 class GradientSession(Protocol):
     """The joint part of a split step, reading the parameters of the session that updates them."""
 
-    def run(self, inputs: Mapping[str, torch.Tensor]) -> None:
-        """Compute the loss and gradients of the batch inputs into the output buffers."""
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Compute the loss and gradients of the batch inputs into the output buffers; the
+        step's metrics besides them (a simulated wafer's cycles), if any."""
+
+    def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The evaluation graph's outputs on the current parameters, in this backend."""
 
 
 class InterpreterGradients:
@@ -107,10 +112,14 @@ class InterpreterGradients:
         self.params = params
         self.outputs = [outputs[v.name] for v in joint.outputs]
 
-    def run(self, inputs: Mapping[str, torch.Tensor]) -> None:
+    def run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, float]:
         values = self.params._run(self.graph, inputs).values()
         for buffer, value in zip(self.outputs, values, strict=True):
             buffer.copy_(value)
+        return {}
+
+    def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        return self.params.evaluate(inputs)
 
 
 def open_gradients(
@@ -120,17 +129,34 @@ def open_gradients(
     outputs: Mapping[str, torch.Tensor],
     *,
     threads: int | None = None,
+    eval_graph: Graph | None = None,
+    target: str | None = None,
+    precision: str | None = None,
+    systems: int = 1,
 ) -> GradientSession:
     """Run `joint` (parameters as inputs, then batch inputs -> loss, grad.P) on `backend`, with
-    the parameters of `params` (the session running the update) and into `outputs` by name."""
+    the parameters of `params` (the session running the update, on UPDATED_BY's backend) and
+    into `outputs` by name. The wafer plans `eval_graph` itself, on `target` in `precision`,
+    and predicts the tokens/s of a cluster of `systems`; the others evaluate in `params`."""
     if backend == INTERPRETER:
         return InterpreterGradients(joint, params, outputs)
     if backend == "onnxruntime":
         from cgc.backends.onnxruntime.training import OrtGradients
 
         return OrtGradients(joint, params, outputs, threads=threads)
-    choices = ", ".join(DATA_PARALLEL)
-    raise InputError(f"{backend!r} cannot run a data-parallel step; choose from {choices}")
+    if backend == "cerebras":
+        from cgc.backends.cerebras.training import WaferGradients
+
+        return WaferGradients(
+            joint,
+            params,
+            outputs,
+            eval_graph=eval_graph,
+            target=target,
+            precision=precision,
+            systems=systems,
+        )
+    raise InputError(f"unknown training backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
 def open_session(

@@ -1,6 +1,6 @@
 """`cgc train --systems N`: the workers' world, failures named by rank, and end to end: two
-workers give one process's losses; a worker killed mid-run stops it, and --resume completes it
-with the parameters of an uninterrupted run."""
+workers give one process's losses (on ONNX Runtime and on simulated wafers); a worker killed
+mid-run stops it, and --resume completes it with the parameters of an uninterrupted run."""
 
 import json
 import os
@@ -74,13 +74,13 @@ def test_a_batch_the_systems_cannot_share_is_refused(corpus, tmp_path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_the_wafer_backend_trains_one_system(corpus, tmp_path) -> None:
+def test_fp16_on_several_wafers_is_refused(corpus, tmp_path) -> None:
     result = _cgc("train", "tiny-111m", "--data", corpus, "--backend", "cerebras",
-                  "--systems", "2", "-o", tmp_path / "run")  # fmt: skip
+                  "--precision", "fp16", "--systems", "2", "-o", tmp_path / "run")  # fmt: skip
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "error: --systems 2: data parallel runs on onnxruntime and interpreter; the cerebras "
-        "backend trains one system (bench/train_plans.py predicts clusters)"
+        "error: --systems 2: data parallel on the wafer runs fp32, cb16 or bf16; fp16's dynamic "
+        "loss scaling is not shared between systems"
     )
     assert not (tmp_path / "run").exists()
 
@@ -192,3 +192,28 @@ def test_a_killed_worker_stops_the_run_and_resume_completes_it(two_systems, corp
         assert expected.keys() == got.keys()
         for key in expected:
             assert torch.equal(got[key], expected[key]), key
+
+
+def test_two_wafers_give_the_losses_of_one(corpus, tmp_path) -> None:
+    """Each worker simulates one system on its half of the batch; the host sums and updates."""
+    run = ["train", "tiny-111m", "--data", corpus, "--steps", "3", "--batch", "2", "--seq-len",
+           "8", "--backend", "cerebras", "--target", "fabric:16x16", "--val-every", "3",
+           "--save-every", "3"]  # fmt: skip
+    result = _cgc(*run, "-o", tmp_path / "one")
+    assert result.exit_code == 0, result.output
+    process = _python_m_cgc(*run, "--systems", "2", "-o", tmp_path / "two")
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    expected, got = _records(tmp_path / "one"), _records(tmp_path / "two")
+    assert [r["step"] for r in got] == [0, 1, 2, 3]
+    for a, b in zip(expected, got, strict=True):
+        for key in ("loss", "lr", "grad_norm", "val_loss"):
+            assert (key in a) == (key in b), (a["step"], key)
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=0), (a["step"], key)
+    for a, b in zip(expected[1:], got[1:], strict=True):  # one system's share: half the tokens
+        assert "wafer_cluster_tokens_per_s" not in a
+        assert 0 < b["wafer_tokens_per_s"] < a["wafer_tokens_per_s"]
+        assert (
+            b["wafer_tokens_per_s"] < b["wafer_cluster_tokens_per_s"] <= 2 * b["wafer_tokens_per_s"]
+        )
