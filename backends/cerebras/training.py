@@ -52,7 +52,8 @@ class WaferTrainingSession:
     `step(inputs)` runs the program on the batch inputs (and `step`) and applies the update;
     it returns the step graph's scalar outputs (loss, grad_norm, lr), the simulated
     `wafer_cycles` and `wafer_tokens_per_s` of one step, and with loss scaling `loss_scale`
-    and `skipped` (1.0 when the update was skipped on overflow). Carried inputs missing from
+    and `skipped` (1.0 when the update was skipped on overflow); `last_gradients` holds the
+    gradients the host received (fp32, unscaled) by `grad.P` name. Carried inputs missing from
     `state` (optimizer state) start at zero; with `in_place` the tensors of `state` follow the
     training, as the other backends' sessions do (cgc.training.runners).
     """
@@ -109,6 +110,7 @@ class WaferTrainingSession:
             grads = [g / scale for g in grads]  # fp32 on the host
             apply = self.loss_scale.update(all_finite(grads))
         grads_by_name = {GRAD + p: g for p, g in zip(self.params, grads, strict=True)}
+        self.last_gradients = grads_by_name
         feed = {**self.state, **grads_by_name}
         feed |= {n: v for n, v in inputs.items() if n not in feed}
         outputs = interpret(self.update, *(_need(feed, v.name) for v in self.update.inputs))
