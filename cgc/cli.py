@@ -706,7 +706,8 @@ def generate_cmd(
     "--systems",
     type=int,
     help="Data-parallel worker processes (torch.distributed, gloo), each with --batch/N of the "
-    "global batch; under torchrun, the workers it started [1].",
+    "global batch (on cerebras, one simulated system each); under torchrun, the workers it "
+    "started [1].",
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Run folder [runs/MODEL].")
 @click.option("--save-every", type=int, help="Steps between checkpoints (and the last) [100].")
