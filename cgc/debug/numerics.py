@@ -35,6 +35,7 @@ class Comparison:
     mismatches: int = 0  # elements out of tolerance
     got_at: float = math.nan  # both values at `where`
     ref_at: float = math.nan
+    allowed: float = math.nan  # the bound at `where`, atol + rtol·|ref_at|
     where_rel: tuple[int, ...] = ()  # index of the largest relative error
     percentiles: dict[int, float] = field(default_factory=dict)  # of the absolute error
     histogram: tuple[Bin, ...] = ()
@@ -81,6 +82,7 @@ def compare(
         mismatches=int(bad.sum()),
         got_at=float(got[where]),
         ref_at=float(ref[where]),
+        allowed=atol + rtol * abs(float(ref[where])),
         where_rel=_index(int(rel.argmax()), rel.shape),
         percentiles=percentiles(diff) if detail else {},
         histogram=histogram(diff) if detail else (),
