@@ -164,13 +164,13 @@ class WaferGradients:
     MemoryX), written into the buffers the workers sum. `run` returns the system's simulated
     `wafer_cycles` and `wafer_tokens_per_s` for its share, and the tokens/s the cluster model
     (cgc.backends.cerebras.cluster) predicts for `systems` of them with SwarmX,
-    `wafer_cluster_tokens_per_s`. fp16 is refused: its dynamic loss
-    scale would have to skip the update on every worker alike."""
+    `wafer_cluster_tokens_per_s`. fp16 is refused: its dynamic loss scale would have to skip
+    the update on every worker alike."""
 
     def __init__(
         self,
         joint: Graph,
-        params: Any,
+        params: Any,  # a cgc.training.runners.InterpreterSession: its `state` is read each run
         outputs: Mapping[str, torch.Tensor],
         *,
         eval_graph: Graph | None = None,
@@ -187,8 +187,11 @@ class WaferGradients:
         g = joint.copy()
         self.param_names = [v.name for v in g.inputs if v.name in params.state]
         inputs_to_params(g, self.param_names)
-        self.options = {"target": target or "wse2", "precision": precision or "fp32"}
-        self.options["mode"] = "auto"
+        self.options = {
+            "target": target or "wse2",
+            "precision": precision or "fp32",
+            "mode": "auto",
+        }
         self.program, self.simulator = _simulate(g, self.options)
         self.frozen = {n: g.weights[n] for n in self.program["params"] if n in g.weights}
         self.batch_names = [v.name for v in g.inputs]
