@@ -5,6 +5,14 @@ and the output of their layer (GroupQueryAttention then writes the new slots in 
 `cached_attention` lowering), and the token ids, past length and logits as numpy arrays bound
 by address. A step writes the ids and past length into their arrays, runs the bound session
 and reads the logits array: no per-token allocation and no copy of the cache through numpy.
+
+With batch 1, the decode session reads its weights where ORT loaded them instead of its
+prepacked copies (`session.disable_prepacking`). A one-token step multiplies one row by every
+weight once, so it is bound by reading them, and for one row MLAS runs its GEMV kernels on the
+weight as stored, which read it faster than its GEMM kernel reads packed panels
+(bench/decode_roofline.py, 2 threads: the [768, 50257] LM head at 15.1 GB/s unpacked against
+7.5 GB/s prepacked, Gemm transB=1). Prefill, and decode of a batch, keep the packed weights
+their GEMMs reuse across rows.
 """
 
 from __future__ import annotations
@@ -29,7 +37,13 @@ class _BoundSession:
     """One step graph in an ORT session whose inputs and outputs stay bound between runs."""
 
     def __init__(
-        self, path: Path, graph: Graph, caches: list[ort.OrtValue], threads: int | None
+        self,
+        path: Path,
+        graph: Graph,
+        caches: list[ort.OrtValue],
+        threads: int | None,
+        *,
+        prepack: bool = True,
     ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -39,6 +53,8 @@ class _BoundSession:
         # thread doing the work (111M decode step, 2 threads, busy machine: 96-114 ms spinning,
         # 63-69 ms passive).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if not prepack:
+            options.add_session_config_entry("session.disable_prepacking", "1")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         ids, past, *cache_inputs = graph.inputs
         logits, *cache_outputs = graph.outputs
@@ -87,7 +103,13 @@ class OrtSteps:
             for v in decode.inputs[2:]
         ]
         self.prefill_session = _BoundSession(folder / PREFILL_FILE, prefill, self.caches, threads)
-        self.decode_session = _BoundSession(folder / DECODE_FILE, decode, self.caches, threads)
+        self.decode_session = _BoundSession(
+            folder / DECODE_FILE,
+            decode,
+            self.caches,
+            threads,
+            prepack=decode.inputs[0].shape[0] > 1,
+        )
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """Run the prompt block from an empty cache; the last token's logits."""
