@@ -460,6 +460,8 @@ def check_cmd(
             f"--{', --'.join(wafer)} apply to the cerebras backend; add it to --backends"
         )
     if generate_tokens is not None:
+        if json_file or junit_file:
+            raise InputError("--json and --junit do not apply to --generate; drop them")
         return _check_generation(
             console,
             model,

@@ -172,6 +172,15 @@ def test_bad_input_is_one_line_and_exit_2(args, message) -> None:
     assert "Traceback" not in result.output
 
 
+def test_check_generate_refuses_report_files(tmp_path) -> None:
+    result = cgc("check", "tiny-111m", "--generate", "2", "--json", str(tmp_path / "r.json"))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --json and --junit do not apply to --generate; drop them"
+    )
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_a_model_that_is_not_causal_is_refused(tmp_path) -> None:
     path = tmp_path / "model.py"
     path.write_text(NOT_CAUSAL)

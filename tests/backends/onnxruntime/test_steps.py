@@ -1,7 +1,7 @@
 """The ORT step program: caches updated in place through IO binding (the OrtValue holding a
 layer's cache keeps its buffer across steps), logits equal to the interpreter's step graphs,
 on both lowerings of cached_attention (GroupQueryAttention, and the ScatterElements fallback for
-head sizes that are not multiples of 8)."""
+head sizes that are not multiples of 8), with batch 1 (decode reads unpacked weights) and 2."""
 
 import dataclasses
 
@@ -13,16 +13,29 @@ from cgc.backends.onnxruntime.steps import OrtSteps
 from cgc.generation import InterpreterSteps, trace_step_graphs
 
 
-@pytest.mark.parametrize("name", ["tiny-111m", "tiny-2.7b"])  # head size 16, and 10
-def test_steps_update_the_cache_in_place(name) -> None:
+def _prepacking(steps) -> str:
+    options = steps.session.get_session_options()
+    try:
+        off = options.get_session_config_entry("session.disable_prepacking") == "1"
+    except RuntimeError:  # never set: ORT's default, prepacking on
+        off = False
+    return "off" if off else "on"
+
+
+# head size 16, and 10 (ScatterElements)
+@pytest.mark.parametrize("name,batch", [("tiny-111m", 1), ("tiny-111m", 2), ("tiny-2.7b", 2)])
+def test_steps_update_the_cache_in_place(name, batch) -> None:
     config = dataclasses.replace(models.get_config(name), n_positions=32)
     graphs = trace_step_graphs(
-        models.GPT(config, seed=0).eval(), batch=2, capacity=12, prompt_tokens=4
+        models.GPT(config, seed=0).eval(), batch=batch, capacity=12, prompt_tokens=4
     )
     ort_steps = OrtSteps(graphs.prefill, graphs.decode)
+    assert _prepacking(ort_steps.prefill_session) == "on"
+    assert _prepacking(ort_steps.decode_session) == ("off" if batch == 1 else "on")
     reference = InterpreterSteps(graphs.prefill, graphs.decode)
     buffers = [c.data_ptr() for c in ort_steps.caches]
-    ids = torch.randint(0, config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    shape = (batch, 12)
+    ids = torch.randint(0, config.vocab_size, shape, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(ort_steps.prefill(ids[:, :4]), reference.prefill(ids[:, :4]))
     for past in range(4, 12):
         got = ort_steps.decode(ids[:, past : past + 1], past)
