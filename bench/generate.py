@@ -263,13 +263,21 @@ def main() -> None:
             runs[name].append(contenders[name]())
     tokens = {name: rs[0][0] for name, rs in runs.items()}
     same = len({tuple(t) for t in tokens.values()}) == 1
-    print(f"{'':<22} {'prefill ms':>11} {'decode tok/s':>13}")
+    # A decode step reads every weight once (the embedding tables only a row): the weight bytes
+    # times tokens/s is the read rate a contender reached, to set against bench/decode_roofline.py.
+    weight_bytes = sum(
+        w.numel() * w.element_size()
+        for name, w in graphs.decode.weights.items()
+        if name not in ("transformer.wpe.weight",)
+    )
+    print(f"{'':<22} {'prefill ms':>11} {'decode tok/s':>13} {'weights GB/s':>13}")
     med = {}
     for name, rs in runs.items():
         prefill = statistics.median(r[1] for r in rs) * 1e3
         decode = statistics.median(r[2] for r in rs)
         med[name] = (prefill, decode)
-        print(f"{name:<22} {prefill:>11.1f} {decode:>13.1f}")
+        print(f"{name:<22} {prefill:>11.1f} {decode:>13.1f} {decode * weight_bytes / 1e9:>13.1f}")
+    print(f"weights read per decode step: {weight_bytes / 1e6:.0f} MB")
     ours = med["cgc (onnxruntime)"][1]
     for name, target in (
         ("hf generate (eager)", "2x"),
