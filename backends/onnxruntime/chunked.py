@@ -14,6 +14,13 @@ from the outer graph by the body), and whose results are used only inside the re
 graph outputs. A graph input or output that only such a region touches is declared flat,
 [chunks, chunk], so the Scan reads and writes the bound buffers directly; the session shapes
 its buffers by the model's declarations.
+
+The gradient-norm's sum of squares over the last axis, reduce_sum(mul(x, x), axes=[-1]), is
+chunked the same way, in blocks of whole rows: x is read once, and the full-size square (as
+large as the gradient, 154 MB for 111M's embedding) is never written. The row sums are the same
+ReduceSum over the same rows. Its blocks are larger (up to SUM_CHUNK elements): the body is two
+ops, so the Scan's cost per iteration weighs more. On 111M's embedding gradient (2 threads, a
+busy machine) that took 30 ms against 51 ms for Mul then ReduceSum.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ ELEMENTWISE = frozenset({"add", "sub", "mul", "div", "sqrt", "neg"})
 MIN_ELEMENTS = 1 << 19  # smaller tensors stay in cache op by op
 CHUNK = 1 << 15  # the largest chunk: 32K fp32 elements, 128 KB per tensor
 MIN_CHUNK = 1 << 12
+SUM_CHUNK = 1 << 20  # the largest block of rows of a chunked sum of squares: 4 MB of fp32
 
 
 @dataclass
@@ -46,6 +54,19 @@ class Region:
     @property
     def chunks(self) -> int:
         return prod(self.shape) // self.chunk
+
+
+@dataclass
+class SumOfSquares:
+    """reduce_sum(mul(x, x), axes=[-1]) run as one Scan over blocks of `rows` rows of x."""
+
+    square: Node
+    total: Node
+    rows: int
+
+    @property
+    def x(self) -> Value:
+        return self.square.inputs[0]
 
 
 def chunk_size(numel: int) -> int | None:
@@ -113,6 +134,32 @@ def find_regions(graph: Graph) -> list[Region]:
     return regions
 
 
+def find_sums(graph: Graph) -> list[SumOfSquares]:
+    """The sums of squares over the last axis of tensors of at least MIN_ELEMENTS elements whose
+    square nothing else reads, with the most rows per block that divides the rows and keeps a
+    block between MIN_CHUNK and SUM_CHUNK elements."""
+    outputs = {id(v) for v in graph.outputs}
+    sums = []
+    for node in graph.nodes:
+        square = node.inputs[0].producer if node.op == "reduce_sum" else None
+        if square is None or square.op != "mul" or square.inputs[0] is not square.inputs[1]:
+            continue
+        x = square.inputs[0]
+        if x.type.rank < 2 or x.type.numel < MIN_ELEMENTS or not x.type.is_float:
+            continue
+        if node.attrs["keepdim"] or [a % x.type.rank for a in node.attrs["axes"]] != [
+            x.type.rank - 1
+        ]:
+            continue
+        if len(square.output.users) != 1 or id(square.output) in outputs:
+            continue
+        width, rows = x.shape[-1], prod(x.shape[:-1])
+        fits = [k for k in range(1, rows + 1) if rows % k == 0 and k * width <= SUM_CHUNK]
+        if fits and fits[-1] * width >= MIN_CHUNK:
+            sums.append(SumOfSquares(square, node, fits[-1]))
+    return sums
+
+
 def flat_values(graph: Graph, regions: Sequence[Region]) -> dict[str, list[int]]:
     """Graph inputs and outputs only a region touches, by name, with their flat shape."""
     flat: dict[str, list[int]] = {}
@@ -167,3 +214,29 @@ def emit_scan(e: Emitter, region: Region, flat: dict[str, list[int]]) -> None:
     for v, name in zip(region.outputs, names, strict=True):
         if v.name not in flat:
             e.op("Reshape", [name, e.ints(v.shape, "shape")], v.name, allowzero=1)
+
+
+def emit_sum_scan(e: Emitter, s: SumOfSquares) -> None:
+    """Emit the Scan computing `s`: x viewed as [blocks, rows, width], one block's squares and
+    row sums per iteration, the [blocks, rows] sums reshaped to the reduction's shape."""
+    x, out = s.x, s.total.output
+    width = x.shape[-1]
+    blocks = prod(x.shape[:-1]) // s.rows
+    e._node = s.total
+    viewed = e.op("Reshape", [x.name, e.ints([blocks, s.rows, width], "blocks")], allowzero=1)
+    body = Emitter([out])
+    body._node = s.total
+    block = Value(body.fresh("block"), x.type.with_shape((s.rows, width)))
+    for node in (s.square, s.total):
+        copy = Node(node.op, [block if v is x else v for v in node.inputs], node.attrs, node.meta)
+        copy.outputs = node.outputs
+        body.lower(copy)
+    graph = helper.make_graph(
+        body.nodes,
+        f"{out.name}/body",
+        inputs=[helper.make_tensor_value_info(block.name, ONNX_DTYPES[x.dtype], [s.rows, width])],
+        outputs=[helper.make_tensor_value_info(out.name, ONNX_DTYPES[out.dtype], [s.rows])],
+        initializer=body.initializers,
+    )
+    sums = e.op("Scan", [viewed], e.fresh("sums"), body=graph, num_scan_inputs=1)
+    e.op("Reshape", [sums, e.ints(out.shape, "shape")], out.name, allowzero=1)

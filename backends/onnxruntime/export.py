@@ -19,7 +19,13 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from cgc.backends.onnxruntime.chunked import emit_scan, find_regions, flat_values
+from cgc.backends.onnxruntime.chunked import (
+    emit_scan,
+    emit_sum_scan,
+    find_regions,
+    find_sums,
+    flat_values,
+)
 from cgc.backends.onnxruntime.lowering import ONNX_DTYPES, Emitter, raw_bytes, tensor_proto
 from cgc.errors import CgcError
 from cgc.ir import Graph, TensorType, Value
@@ -97,11 +103,15 @@ def _build(graph: Graph, *, chunked: bool = False) -> onnx.ModelProto:
     emitter = Emitter(graph.outputs)
     regions = find_regions(graph) if chunked else []
     flat = flat_values(graph, regions)
+    sums = {id(s.total): s for s in find_sums(graph)} if chunked else {}
     last = {id(r.nodes[-1]): r for r in regions}
     inside = {id(n) for r in regions for n in r.nodes}
+    inside |= {id(s.square) for s in sums.values()} | set(sums)
     for node in graph.nodes:
         if id(node) in last:
             emit_scan(emitter, last[id(node)], flat)
+        elif id(node) in sums:
+            emit_sum_scan(emitter, sums[id(node)])
         elif id(node) not in inside:
             emitter.lower(node)
     outputs = {id(v) for v in graph.outputs}
