@@ -44,8 +44,8 @@ def compile_decode(
     fit, else the batch's). `prompt_tokens` is the prompt the report's prefill figure streams."""
     attention = _cached_attention(graph)
     batch = graph.inputs[0].shape[0]
-    _, heads, capacity, head_dim = attention[0].inputs[3].shape
-    slot_bytes = len(attention) * heads * 2 * head_dim * BYTES[precision]
+    _, kv_heads, capacity, head_dim = attention[0].inputs[3].shape  # the cached heads
+    slot_bytes = len(attention) * kv_heads * 2 * head_dim * BYTES[precision]
 
     def build(kept: int, unfit: int | None = None) -> CerebrasArtifact:
         for node in attention:

@@ -1,9 +1,11 @@
 """Attention backward (attention_grad): FlashAttention's backward on the forward's lane chains.
 
-The layout is the forward's (kernels/attention.py): lanes take (batch, head) pairs, or a share
-of a pair's queries when lanes outnumber pairs (`query_split`), and along a lane a chain of PEs
-each holds one block of `kv_tile` keys and values, now with fp32 accumulators for their
-gradients dK and dV. Each query's q, dy and log-sum-exp travel east along its lane, with
+The layout is the forward's (kernels/attention.py): lanes take (batch, key-value head) pairs,
+whose queries are those of every query head of the group sharing the keys (grouped-query
+attention), or a share of a pair's queries when lanes outnumber pairs (`query_split`); along a
+lane a chain of PEs each holds one block of `kv_tile` keys and values, now with fp32
+accumulators for their gradients dK and dV. A shared head's dK and dV are thus the sums over its
+query-head group, accumulated where its keys are held. Each query's q, dy and log-sum-exp travel east along its lane, with
 D = dy·y, which the west PE computes once. Every PE recomputes its block's weights
 p = exp(q·kᵀ·scale + bias - lse) (no [T, T] tensor is ever stored), adds pᵀ·dy to dV, forms
 dp = dy·vᵀ and ds = p·(dp - D)·scale, adds dsᵀ·q to dK and sends ds·k west, where the partial
@@ -47,17 +49,18 @@ class AttentionGrad(Kernel):
     def __init__(self, node, machine, precision) -> None:
         super().__init__(node, machine, precision)
         dy, q, k, v = self.in_types[:4]
-        self.heads = self.attrs["num_heads"]
-        shared = self.attrs["num_kv_heads"] != self.heads
-        if shared or self.attrs["window"] or self.attrs["alibi_slopes"]:
+        if self.attrs["window"] or self.attrs["alibi_slopes"]:
             raise UnsupportedOpError(
-                "attention_grad: the wafer's attention backward handles one key-value head per "
-                "query head, no sliding window and no ALiBi bias"
+                "attention_grad: the wafer's attention backward handles no sliding window and "
+                "no ALiBi bias"
             )
+        self.heads = self.attrs["num_heads"]
+        self.kv_heads = self.attrs["num_kv_heads"]
+        self.group = self.heads // self.kv_heads  # query heads per key-value head
         self.batch, self.q_len, _ = q.shape
         self.kv_len = k.shape[1]
         self.head_dim = q.shape[2] // self.heads
-        self.value_dim = v.shape[2] // self.heads
+        self.value_dim = v.shape[2] // self.kv_heads
         self.mask = len(self.in_types) == 7
         self.weight_slots = (6,) if self.mask else ()
 
@@ -85,6 +88,7 @@ class AttentionGrad(Kernel):
             "cols": cols,
             "batch": self.batch,
             "heads": self.heads,
+            "kv_heads": self.kv_heads,
             "q_len": self.q_len,
             "kv_len": self.kv_len,
             "head_dim": self.head_dim,
@@ -94,7 +98,9 @@ class AttentionGrad(Kernel):
         }
 
     def _candidate(self, rows: int, cols: int, chain: int) -> dict[str, int] | None:
-        return lane_candidate(rows, cols, chain, self.kv_len, self.batch * self.heads, self.q_len)
+        # A pair's queries: every query head of its key-value head's group.
+        pairs, queries = self.batch * self.kv_heads, self.group * self.q_len
+        return lane_candidate(rows, cols, chain, self.kv_len, pairs, queries)
 
     def sram_bytes(self, rows: int, cols: int) -> int:
         """K, V blocks; their fp32 gradients; query buffers; fp32 p, dp, ds rows and dq."""
@@ -110,8 +116,8 @@ class AttentionGrad(Kernel):
         return blocks * (b + 4) + queries + scratch + mask
 
     def resident_bytes(self) -> int:
-        """Every key and value, and their fp32 gradients."""
-        pairs = self.batch * self.heads
+        """Every key and value of every key-value head, and their fp32 gradients."""
+        pairs = self.batch * self.kv_heads
         return pairs * self.kv_len * (self.head_dim + self.value_dim) * (BYTES[self.precision] + 4)
 
     def cost(self, rows: int, cols: int) -> Cost:
@@ -139,23 +145,27 @@ class AttentionGrad(Kernel):
         return Cost(compute, fabric, latency, max(compute, fabric) + latency)
 
     def _execute(self, args, tiling):
-        h, t, s, p = self.heads, self.q_len, self.kv_len, self.precision
+        h, g, t, s, p = self.heads, self.kv_heads, self.q_len, self.kv_len, self.precision
         scale = self.attrs["scale"]
         kv, q_tile = tiling["kv_tile"], tiling["q_tile"]
-        groups = ceil_div(t, q_tile)
-        pad = groups * q_tile - t  # empty query slots of the last group: lse = inf, p = 0
+        queries = self.group * t  # a pair's: its group's query heads, one after another
+        groups = ceil_div(queries, q_tile)
+        pad = groups * q_tile - queries  # empty query slots of the last group: lse = inf, p = 0
 
         def grouped(x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-            """[b, h, t, e] -> [b, h, groups, q_tile, e], one group per lane sharing a pair."""
+            """[b, h, t, e] -> [b, kv_heads, groups, q_tile, e]: a pair's queries, one group per
+            lane sharing the pair."""
+            x = x.reshape(x.shape[0], g, queries, x.shape[-1])
             x = torch.nn.functional.pad(x, (0, 0, 0, pad), value=fill)
-            return x.reshape(x.shape[0], h, groups, q_tile, x.shape[-1])
+            return x.reshape(x.shape[0], g, groups, q_tile, x.shape[-1])
 
-        dy, q, k, v, y = (split_heads(x, h) for x in args[:5])
+        dy, q, y = (split_heads(x, h) for x in (args[0], args[1], args[4]))
+        k, v = (split_heads(x, g) for x in args[2:4])
         lse = grouped(args[5].unsqueeze(-1), torch.inf)
         rowdot = grouped((dy * y).sum(-1, keepdim=True))  # D, at each lane's west PE
         dy, q = grouped(dy), grouped(q)
         bias = attention_bias(t, s, self.attrs["causal"], args[6] if self.mask else None)
-        bias = torch.nn.functional.pad(bias, (0, 0, 0, pad)).reshape(groups, q_tile, s)
+        bias = grouped(bias.expand(dy.shape[0], h, t, s))
         dq_parts, dk_blocks, dv_blocks = [], [], []
         for k0 in range(0, s, kv):
             kb, vb = k[..., None, k0 : k0 + kv, :], v[..., None, k0 : k0 + kv, :]
@@ -168,6 +178,7 @@ class AttentionGrad(Kernel):
             dk_blocks.append(chain_sum(dk_parts.unbind(2)))  # the lanes, in order
             dv_blocks.append(chain_sum(dv_parts.unbind(2)))
         dq = chain_sum(reversed(dq_parts))  # east to west along the chain
-        dq = dq.reshape(dq.shape[0], h, groups * q_tile, -1)[..., :t, :]
+        dq = dq.reshape(dq.shape[0], g, groups * q_tile, -1)[..., :queries, :]
+        dq = dq.reshape(dq.shape[0], h, t, -1)
         dk, dv = torch.cat(dk_blocks, dim=-2), torch.cat(dv_blocks, dim=-2)
         return [round_to(merge_heads(x), p) for x in (dq, dk, dv)]

@@ -1,22 +1,26 @@
 """Attention of new tokens against a K/V cache resident in the region's SRAM (`cached_attention`).
 
-Each (sequence, head) pair of the batch owns a *group* of `blocks` PEs, a near-square
+Each (sequence, key-value head) pair of the batch owns a *group* of `blocks` PEs, a near-square
 `group_rows` x `group_cols` block of the region; PE j of a group (row-major) holds cache slots
-[j·kv_tile, (j+1)·kv_tile) of that pair's keys and values. The region keeps the caches of
-`cache_sequences` sequences (the batch, or all the sequences a decode pipeline keeps in flight,
-each with its own slots); a pass attends for one sequence per batch row, so the kept sequences
-are spread over `sequence_groups` copies of the groups, as many as the PEs allow, each PE
-holding the blocks of its share of them. When the pairs outnumber the PEs, a PE holds whole
-caches of `pairs_per_pe` pairs instead.
+[j·kv_tile, (j+1)·kv_tile) of that pair's keys and values. A grouped-query cache holds its
+num_kv_heads heads only, each once for the num_heads / num_kv_heads query heads that share it
+(query head h reads key-value head h // group, as in kernels/attention.py), so SRAM follows the
+key-value heads and the work the query heads. The region keeps the caches of `cache_sequences`
+sequences (the batch, or all the sequences a decode pipeline keeps in flight, each with its own
+slots); a pass attends for one sequence per batch row, so the kept sequences are spread over
+`sequence_groups` copies of the groups, as many as the PEs allow, each PE holding the blocks of
+its share of them. When the pairs outnumber the PEs, a PE holds whole caches of `pairs_per_pe`
+pairs instead.
 
 Per new token: its key and value go to the PE owning slot past + t and are written there in
-place (the `.next` caches are the same SRAM); its query is multicast to the group; every PE
-scores it against its block (d_head FMAC vectors of length kv_tile) and masks slots after
-past + t; the group takes the global max (chains along its rows, then up its first column) and
-broadcasts it back; every PE computes p = exp(s - max), its sum and p·V; the (o, l) partial
-sums chain the same way, each PE adding its own as the wavelets pass (pipelined chains: one
-hop per PE), and the group's first PE divides o by l. The cost is that of a full cache (every
-block scored), the upper bound of the last token.
+place (the `.next` caches are the same SRAM); the queries of the query heads sharing them are
+multicast to the group one after another; every PE scores each against its block (d_head FMAC
+vectors of length kv_tile) and masks slots after past + t; the group takes the global max
+(chains along its rows, then up its first column) and broadcasts it back; every PE computes
+p = exp(s - max), its sum and p·V; the (o, l) partial sums chain the same way, each PE adding
+its own as the wavelets pass (pipelined chains: one hop per PE), and the group's first PE
+divides o by l. The cost is that of a full cache (every block scored), the upper bound of the
+last token.
 
 Numerics: scores and softmax statistics fp32; p is rounded to the precision before it
 multiplies V; the partial sums add in chain order: each group row from its last PE to its
@@ -43,7 +47,8 @@ CACHE_SEQUENCES = "cache_sequences"
 
 
 class CachedAttention(Kernel):
-    """softmax(q·Kᵀ·scale)·V over cache slots 0 … past + t, the new K/V written in place."""
+    """softmax(q·Kᵀ·scale)·V over cache slots 0 … past + t, the new K/V written in place; each
+    cached key-value head serves its group of query heads."""
 
     weight_slots = (3, 4)  # the caches: resident, updated in place
 
@@ -51,12 +56,13 @@ class CachedAttention(Kernel):
         super().__init__(node, machine, precision)
         q, cache = self.in_types[0], self.in_types[3]
         self.batch, self.new, _ = q.shape
-        _, self.heads, self.capacity, self.head_dim = cache.shape
-        a = self.attrs
-        if a["num_kv_heads"] != a["num_heads"] or a["window"] or a["alibi_slopes"]:
+        _, self.kv_heads, self.capacity, self.head_dim = cache.shape
+        self.heads = self.attrs["num_heads"]
+        self.group = self.heads // self.kv_heads  # query heads per key-value head
+        if self.attrs["window"] or self.attrs["alibi_slopes"]:
             raise UnsupportedOpError(
-                f"cached_attention at {self.where}: the wafer's decode kernel caches one key-value "
-                "head per query head, with no sliding window and no ALiBi bias"
+                f"cached_attention at {self.where}: the wafer's decode kernel handles no sliding "
+                "window and no ALiBi bias"
             )
         sequences = int(node.meta.get(CACHE_SEQUENCES, self.batch))
         if sequences < self.batch:
@@ -84,6 +90,7 @@ class CachedAttention(Kernel):
             "cols": cols,
             "batch": self.batch,
             "heads": self.heads,
+            "kv_heads": self.kv_heads,
             "new_tokens": self.new,
             "capacity": self.capacity,
             "head_dim": self.head_dim,
@@ -94,7 +101,7 @@ class CachedAttention(Kernel):
 
     def _candidates(self, pes: int) -> list[dict[str, int]]:
         """One tiling per distinct block size: groups of up to pes // pairs PEs."""
-        pairs = self.batch * self.heads
+        pairs = self.batch * self.kv_heads
         if pes < pairs:
             return [{**_group(1, self.capacity, 1), "pairs_per_pe": ceil_div(pairs, pes)}]
         most = min(pes // pairs, self.capacity)
@@ -118,15 +125,15 @@ class CachedAttention(Kernel):
         return resident + buffers + scratch
 
     def resident_bytes(self) -> int:
-        """The caches of every kept sequence."""
-        return (
-            self.sequences * self.heads * self.capacity * 2 * self.head_dim * BYTES[self.precision]
-        )
+        """The caches of every kept sequence: num_kv_heads heads each."""
+        pairs = self.sequences * self.kv_heads
+        return pairs * self.capacity * 2 * self.head_dim * BYTES[self.precision]
 
     def cost(self, rows: int, cols: int) -> Cost:
-        """Per query on the group's first PE (the busiest): score its block, softmax, p·V, add
-        the arriving partial sums, divide. Its links carry the query, the max and the partial
-        sums; the chains add one hop per PE of the group."""
+        """Per query (of every query head sharing a cached head) on the group's first PE (the
+        busiest): score its block, softmax, p·V, add the arriving partial sums, divide. Its
+        links carry the queries, the max and the partial sums, and each new key and value once;
+        the chains add one hop per PE of the group."""
         return self._cost(rows, cols, self.tiling(rows, cols))
 
     def _cost(self, rows: int, cols: int, t: dict[str, Any]) -> Cost:
@@ -139,7 +146,7 @@ class CachedAttention(Kernel):
         values = kv * vec_d  # p·V and l
         finish = vec_d + ops["reciprocal"] + vec_d * ops["mul"]  # add the partials, divide
         per_query = m.sustained_cycles(scores + softmax + values + finish)
-        queries = t["pairs_per_pe"] * self.new
+        queries = t["pairs_per_pe"] * self.group * self.new
         compute = queries * (per_query + 3 * m.task_overhead_cycles)  # three tasks per query
         written = t["pairs_per_pe"] * min(self.new, kv) * words(2 * d, b)
         fabric = queries * (words(d, b) + 2 + d + 1) + written
@@ -161,13 +168,16 @@ class CachedAttention(Kernel):
                 f"exceed the capacity of {self.capacity} slots"
             )
 
-        def split_heads(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(b, t, h, d).transpose(1, 2)
+        def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+            return x.reshape(b, t, heads, d).transpose(1, 2)
 
-        slot = (past.reshape(-1, 1) + torch.arange(t)).reshape(b, 1, t, 1).expand(b, h, t, d)
-        k_cache.scatter_(2, slot, split_heads(k))
-        v_cache.scatter_(2, slot, split_heads(v))
-        scores = (split_heads(q) @ k_cache.transpose(-1, -2)) * self.attrs["scale"]
+        g = self.kv_heads
+        slot = (past.reshape(-1, 1) + torch.arange(t)).reshape(b, 1, t, 1).expand(b, g, t, d)
+        k_cache.scatter_(2, slot, split_heads(k, g))
+        v_cache.scatter_(2, slot, split_heads(v, g))
+        # Query head h reads the cache of key-value head h // group.
+        keys, values = (c.repeat_interleave(self.group, 1) for c in (k_cache, v_cache))
+        scores = (split_heads(q, h) @ keys.transpose(-1, -2)) * self.attrs["scale"]
         last = past.reshape(-1, 1, 1, 1) + torch.arange(t).reshape(1, 1, -1, 1)
         visible = torch.arange(self.capacity).reshape(1, 1, 1, -1) <= last
         scores = scores.masked_fill(~visible, -torch.inf)
@@ -175,7 +185,7 @@ class CachedAttention(Kernel):
         kv, blocks = tiling["kv_tile"], tiling["blocks"]
         pad = blocks * kv - self.capacity
         by_block = F.pad(probs, (0, pad)).reshape(b, h, t, blocks, kv)
-        values = F.pad(v_cache, (0, 0, 0, pad)).reshape(b, h, blocks, kv, d)
+        values = F.pad(values, (0, 0, 0, pad)).reshape(b, h, blocks, kv, d)
         o = torch.einsum("bhtjs,bhjsd->bhtjd", round_to(by_block, self.precision), values)
         partial = torch.cat([o, by_block.sum(-1, keepdim=True)], dim=-1)
         gr, gc = tiling["group_rows"], tiling["group_cols"]

@@ -4,21 +4,22 @@ sequence in SRAM; execution equal to the op's reference with the cache updated i
 import pytest
 import torch
 
-from cgc.backends.cerebras import WSE2, kernel_for
+from cgc.backends.cerebras import UNIT_ROUNDOFF, WSE2, kernel_for, round_to
 from cgc.backends.cerebras.kernels import Cost
 from cgc.backends.cerebras.kernels.cached_attention import CACHE_SEQUENCES
 from cgc.errors import InputError, UnsupportedOpError
 from cgc.ir import get_op
 
 
-def _node(one_node, batch=1, new=1, heads=2, d=4, capacity=16):
-    e = heads * d
-    x, cache = f"f32[{batch},{new},{e}]", f"f32[{batch},{heads},{capacity},{d}]"
+def _node(one_node, batch=1, new=1, heads=2, d=4, capacity=16, kv_heads=None, attrs=""):
+    kv_heads = kv_heads or heads
+    q, kv = f"f32[{batch},{new},{heads * d}]", f"f32[{batch},{new},{kv_heads * d}]"
+    cache = f"f32[{batch},{kv_heads},{capacity},{d}]"
     body = (
         f"%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) "
-        f"{{num_heads={heads}, scale=0.5}} : {x}, {cache}, {cache}"
+        f"{{num_heads={heads}, num_kv_heads={kv_heads}, scale=0.5{attrs}}} : {q}, {cache}, {cache}"
     )
-    inputs = f"%q: {x}, %k: {x}, %v: {x}, %kc: {cache}, %vc: {cache}, %past: i64[{batch}]"
+    inputs = f"%q: {q}, %k: {kv}, %v: {kv}, %kc: {cache}, %vc: {cache}, %past: i64[{batch}]"
     return one_node(body, inputs)
 
 
@@ -75,18 +76,23 @@ def test_a_cache_too_big_for_the_wafer_has_no_rectangle(one_node) -> None:
     assert kernel_for(node, WSE2, "fp32").min_rect() is None
 
 
+@pytest.mark.parametrize("kv_heads", [2, 1])
 @pytest.mark.parametrize("rows, cols", [(1, 1), (2, 3), (4, 8)])
-def test_execution_equals_the_reference_and_writes_the_cache_in_place(one_node, rows, cols):
-    node = _node(one_node, batch=2, new=3, heads=2, d=4, capacity=16)
+def test_execution_equals_the_reference_and_writes_the_cache_in_place(
+    one_node, rows, cols, kv_heads
+):
+    """Multi-head (2 heads, 2 cached) and multi-query (2 heads sharing 1 cached head)."""
+    node = _node(one_node, batch=2, new=3, heads=2, d=4, capacity=16, kv_heads=kv_heads)
     k = kernel_for(node, WSE2, "fp32")
     g = torch.Generator().manual_seed(0)
-    q, key, value = (torch.randn(2, 3, 8, generator=g) for _ in range(3))
-    k_cache, v_cache = torch.randn(2, 2, 16, 4, generator=g), torch.randn(2, 2, 16, 4, generator=g)
+    q = torch.randn(2, 3, 8, generator=g)
+    key, value = (torch.randn(2, 3, 4 * kv_heads, generator=g) for _ in range(2))
+    k_cache, v_cache = (torch.randn(2, kv_heads, 16, 4, generator=g) for _ in range(2))
     past = torch.tensor([0, 5])  # ragged: the sequences hold different lengths
     op = get_op("cached_attention")
-    attrs = op.complete_attrs({"num_heads": 2, "scale": 0.5})
+    attrs = op.complete_attrs({"num_heads": 2, "num_kv_heads": kv_heads, "scale": 0.5})
     ref = op.impl(q, key, value, k_cache.clone(), v_cache.clone(), past, **attrs)
-    if (rows, cols) == (4, 8):  # 8 PEs per pair, as a 3 x 3 group with one PE unused
+    if (rows, cols, kv_heads) == (4, 8, 2):  # 8 PEs per pair, as a 3 x 3 group, one unused
         t = k.tiling(rows, cols)
         assert (t["blocks"], t["kv_tile"], t["group_rows"], t["group_cols"]) == (8, 2, 3, 3)
     out, k_next, v_next = k.execute([q, key, value, past], [k_cache, v_cache], rows, cols)
@@ -95,6 +101,60 @@ def test_execution_equals_the_reference_and_writes_the_cache_in_place(one_node, 
     for b, p in enumerate(past.tolist()):  # slots 0 .. past + 2 are defined
         torch.testing.assert_close(k_next[b, :, : p + 3], ref[1][b, :, : p + 3], rtol=0, atol=0)
         torch.testing.assert_close(v_next[b, :, : p + 3], ref[2][b, :, : p + 3], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("rows, cols", [(1, 1), (2, 3), (4, 8)])
+def test_grouped_query_execution_equals_the_reference(one_node, rows, cols, kv_heads, precision):
+    """4 query heads on 4, 2 and 1 cached heads: fp32 within 1e-6, bf16 within 32u (the
+    tolerance `cgc check` holds 16-bit wafer programs to), the new slots as rounded."""
+    node = _node(one_node, batch=2, new=3, heads=4, d=4, capacity=16, kv_heads=kv_heads)
+    k = kernel_for(node, WSE2, precision)
+    g = torch.Generator().manual_seed(2)
+    q = round_to(torch.randn(2, 3, 16, generator=g), precision)
+    key, value = (round_to(torch.randn(2, 3, 4 * kv_heads, generator=g), precision) for _ in "kv")
+    caches = [round_to(torch.randn(2, kv_heads, 16, 4, generator=g), precision) for _ in "kv"]
+    past = torch.tensor([0, 9])
+    op = get_op("cached_attention")
+    attrs = op.complete_attrs({"num_heads": 4, "num_kv_heads": kv_heads, "scale": 0.5})
+    ref = op.impl(q, key, value, *(c.clone() for c in caches), past, **attrs)
+    out, k_next, v_next = k.execute([q, key, value, past], caches, rows, cols)
+    tol = 1e-6 if precision == "fp32" else 32 * UNIT_ROUNDOFF[precision]
+    torch.testing.assert_close(out, ref[0], rtol=tol, atol=tol)
+    for b, p in enumerate(past.tolist()):
+        assert torch.equal(k_next[b, :, : p + 3], ref[1][b, :, : p + 3])
+        assert torch.equal(v_next[b, :, : p + 3], ref[2][b, :, : p + 3])
+
+
+def test_a_grouped_query_cache_holds_its_key_value_heads_only(one_node) -> None:
+    mha, gqa, mqa = (
+        kernel_for(_node(one_node, heads=4, kv_heads=n), WSE2, "fp32") for n in (4, 2, 1)
+    )
+    # 4, 2 and 1 cached heads of 16 slots x (4 + 4) x 4 B
+    assert [k.resident_bytes() for k in (mha, gqa, mqa)] == [2048, 1024, 512]
+    # On 2 x 2 PEs: MHA's 4 pairs take one PE each; GQA's 2 pairs take groups of 2 PEs (8
+    # slots each), MQA's 1 pair all 4 PEs (4 slots each).
+    tilings = [k.tiling(2, 2) for k in (mha, gqa, mqa)]
+    assert [(t["blocks"], t["kv_tile"], t["kv_heads"]) for t in tilings] == [
+        (1, 16, 4),
+        (2, 8, 2),
+        (4, 4, 1),
+    ]
+    # cache blocks of 16, 8, 4 slots x 8 x 4 B; buffers 64; scores kv·4 + (o, l) 40
+    assert [k.sram_bytes(2, 2) for k in (mha, gqa, mqa)] == [
+        512 + 64 + 64 + 40,
+        256 + 64 + 32 + 40,
+        128 + 64 + 16 + 40,
+    ]
+    # Every PE scores each of the 4 query heads' queries against its block. MQA, per query:
+    # scores 4·4 + 2·4, softmax 4·11, p·V and l 4·5, finish 16 = 104 -> ⌈104/0.37⌉ = 282,
+    # + 3 tasks of 20, x 4 queries. Links: 4 x (q 4 + max 2 + (o, l) 5) + the new K/V 8.
+    # Latency: 2 rows + 2 cols + 3 chains of 2 hops + 20.
+    assert mqa.cost(2, 2) == Cost(4 * 342, 4 * 11 + 8, 30, 4 * 342 + 30)
+    # GQA's PEs each score 2 query heads against 8 slots: as many cycles as MHA's 1 x 16 plus
+    # the tasks of the second query, and fewer than MHA's 4 query heads on 1 PE would take.
+    assert gqa.cost(2, 2).compute < mha.cost(1, 1).compute
 
 
 def test_fp16_rounds_the_new_keys_and_the_output(one_node) -> None:
@@ -115,14 +175,9 @@ def test_tokens_past_the_capacity_are_refused(one_node) -> None:
         k.execute(args, [torch.zeros(1, 2, 16, 4), torch.zeros(1, 2, 16, 4)], 2, 2)
 
 
-def test_grouped_query_caches_are_refused_in_one_line(one_node) -> None:
-    body = (
-        "%y, %kn, %vn = cached_attention(%q, %k, %v, %kc, %vc, %past) "
-        "{num_heads=2, num_kv_heads=1, scale=0.5} : f32[1,1,8], f32[1,1,16,4], f32[1,1,16,4]"
-    )
-    inputs = (
-        "%q: f32[1,1,8], %k: f32[1,1,4], %v: f32[1,1,4], %kc: f32[1,1,16,4], "
-        "%vc: f32[1,1,16,4], %past: i64[1]"
-    )
-    with pytest.raises(UnsupportedOpError, match="one key-value head per query head"):
-        kernel_for(one_node(body, inputs), WSE2, "fp32")
+@pytest.mark.parametrize("attrs", [", window=4", ", alibi_slopes=[0.5, 0.25]"])
+def test_windows_and_alibi_are_refused_in_one_line(one_node, attrs) -> None:
+    with pytest.raises(
+        UnsupportedOpError, match="decode kernel handles no sliding window and no ALiBi bias$"
+    ):
+        kernel_for(_node(one_node, kv_heads=1, attrs=attrs), WSE2, "fp32")
