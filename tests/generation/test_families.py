@@ -1,9 +1,9 @@
-"""Greedy generation on the model families through the kv-cache step graphs equals eager
-PyTorch recomputing the full sequence at every step, on ONNX Runtime and the interpreter:
-tiny Llama with grouped-query attention, Mistral (sliding window 8, shorter than the
-sequences), BLOOM (ALiBi), Falcon (multi-query, rotary) and GPT-NeoX (partial rotary), two
-prompts of different lengths each. The decode graph caches the key-value heads only and keeps
-each attention's window and ALiBi slopes.
+"""Greedy generation on the model families through the kv-cache step graphs equals eager PyTorch
+recomputing the full sequence at every step, on ONNX Runtime and the interpreter: tiny Llama
+with grouped-query attention (also on the simulated wafer), Mistral (sliding window 8, shorter
+than the sequences), BLOOM (ALiBi), Falcon (multi-query, rotary) and GPT-NeoX (partial rotary),
+two prompts of different lengths each. The decode graph caches the key-value heads only and
+keeps each attention's window and ALiBi slopes.
 """
 
 import pytest
@@ -46,3 +46,16 @@ def test_greedy_tokens_equal_eager_full_recomputation(name) -> None:
         assert node.attrs["num_kv_heads"] == kv_heads
         assert node.attrs["window"] == window
         assert len(node.attrs["alibi_slopes"]) == (4 if alibi else 0)
+
+
+def test_grouped_query_greedy_tokens_on_the_wafer_equal_eager() -> None:
+    """The wafer's decode kernel caches Llama's 2 key-value heads, each for 2 query heads."""
+    model, _ = families.build("llama_gqa", 16)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, families.VOCAB, (n,), generator=gen).tolist() for n in LENGTHS]
+    options = {"cerebras": {"target": "fabric:64x64"}}
+    report = check_generation("llama_gqa", model, prompts, 4, ["cerebras"], options=options)
+    assert report.ok, report.text()
+    r = report.results["cerebras"]
+    assert r.equal == r.total == 4 * len(prompts)
+    assert r.max_abs <= 1e-4, r.max_abs

@@ -5,12 +5,13 @@ whose queries are those of every query head of the group sharing the keys (group
 attention), or a share of a pair's queries when lanes outnumber pairs (`query_split`); along a
 lane a chain of PEs each holds one block of `kv_tile` keys and values, now with fp32
 accumulators for their gradients dK and dV. A shared head's dK and dV are thus the sums over its
-query-head group, accumulated where its keys are held. Each query's q, dy and log-sum-exp travel east along its lane, with
-D = dy·y, which the west PE computes once. Every PE recomputes its block's weights
-p = exp(q·kᵀ·scale + bias - lse) (no [T, T] tensor is ever stored), adds pᵀ·dy to dV, forms
-dp = dy·vᵀ and ds = p·(dp - D)·scale, adds dsᵀ·q to dK and sends ds·k west, where the partial
-dq's are summed from east to west and the west PE emits dq. After the last query every PE sends
-its dK and dV blocks out; lanes that split a pair's queries first sum their blocks along a chain.
+query-head group, accumulated where its keys are held. Each query's q, dy and log-sum-exp travel
+east along its lane, with D = dy·y, which the west PE computes once. Every PE recomputes its
+block's weights p = exp(q·kᵀ·scale + bias - lse) (no [T, T] tensor is ever stored), adds pᵀ·dy
+to dV, forms dp = dy·vᵀ and ds = p·(dp - D)·scale, adds dsᵀ·q to dK and sends ds·k west, where
+the partial dq's are summed from east to west and the west PE emits dq. After the last query
+every PE sends its dK and dV blocks out; lanes that split a pair's queries first sum their
+blocks along a chain.
 
 Numerics: scores, p, dp and ds are fp32; p and ds are rounded to the precision before they
 multiply (as stored operands), products accumulate in fp32, dq's partials add in chain order

@@ -17,10 +17,9 @@ def _node(one_node, heads=4, kv_heads=4, d=4, t=6, batch=2, attrs="causal=true",
         f"%y, %dk, %dv = attention_grad(%d, %q, %k, %v, %o, %l{', %m' if mask else ''}) "
         f"{{{attrs}, num_heads={heads}, num_kv_heads={kv_heads}, scale=0.5}} : {q}, {kv}, {kv}"
     )
-    inputs = (
-        f"%d: {q}, %q: {q}, %k: {kv}, %v: {kv}, %o: {q}, %l: f32[{batch},{heads},{t}]"
-        + (f", %m: f32[{batch},1,1,{t}]" if mask else "")
-    )
+    inputs = f"%d: {q}, %q: {q}, %k: {kv}, %v: {kv}, %o: {q}, %l: f32[{batch},{heads},{t}]"
+    if mask:
+        inputs += f", %m: f32[{batch},1,1,{t}]"
     return one_node(body, inputs)
 
 
@@ -56,8 +55,7 @@ def test_execution_equals_the_reference(one_node, rows, cols, kv_heads, precisio
 
 def test_each_key_value_head_is_held_once_for_its_query_heads(one_node) -> None:
     mha, gqa, mqa = (
-        kernel_for(_node(one_node, kv_heads=n, d=8, t=16, batch=1), WSE2, "fp32")
-        for n in (4, 2, 1)
+        kernel_for(_node(one_node, kv_heads=n, d=8, t=16, batch=1), WSE2, "fp32") for n in (4, 2, 1)
     )
     # 4, 2 and 1 key-value heads of 16 keys x (8 + 8) dims x (4 B + their fp32 gradients)
     assert [k.resident_bytes() for k in (mha, gqa, mqa)] == [8192, 4096, 2048]
