@@ -15,7 +15,7 @@ that cross PEs run as chains in a fixed order, which `execute` reproduces exactl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,22 @@ def pick_tiling(fitting: list[tuple], spilling: list[tuple]) -> dict[str, Any]:
         near = [c[1:] for c in fitting if c[0] <= fastest * (1 + SLACK)]
         return min(near, key=lambda c: c[:2])[-1]
     return min(spilling, key=lambda c: c[:2])[-1]
+
+
+def band_count(most: int, evaluate: Callable[[int], tuple[int, int, int, int]], budget: int) -> int:
+    """Of 1, 2, 4, ... up to `most` bands (token groups accumulating apart, then reduced), the
+    count pick_tiling prefers; evaluate(bands) gives (compute, fabric, band reduction, sram)."""
+    fitting, spilling = [], []
+    groups = 1
+    while groups <= most:
+        compute, fabric, reduce, sram = evaluate(groups)
+        option = (sram, groups, groups)
+        if sram <= budget:
+            fitting.append((max(compute, fabric) + reduce, *option))
+        else:
+            spilling.append(option)
+        groups *= 2
+    return pick_tiling(fitting, spilling)
 
 
 def ceil_div(a: int, b: int) -> int:

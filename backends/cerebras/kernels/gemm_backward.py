@@ -31,10 +31,10 @@ from cgc.backends.cerebras.kernels.base import (
     MAX_CHAIN,
     Cost,
     Kernel,
+    band_count,
     ceil_div,
     chain_reduce_cycles,
     elem_bytes,
-    pick_tiling,
     words,
 )
 from cgc.backends.cerebras.kernels.gemm import Linear, k_chain_product
@@ -114,18 +114,11 @@ class WeightGradient(Kernel):
 
     def _tile(self, rows: int, cols: int) -> dict[str, Any]:
         """The number of bands (token groups) that fits in SRAM with the fewest cycles."""
-        fitting, spilling = [], []
-        groups = 1
-        while groups <= min(rows, self.m):
-            compute, fabric, reduce, sram = self._evaluate(rows, cols, groups)
-            cycles = max(compute, fabric) + reduce
-            option = (sram, groups, groups)
-            if sram <= self.machine.sram_usable_bytes:
-                fitting.append((cycles, *option))
-            else:
-                spilling.append(option)
-            groups *= 2
-        groups = pick_tiling(fitting, spilling)
+        groups = band_count(
+            min(rows, self.m),
+            lambda g: self._evaluate(rows, cols, g),
+            self.machine.sram_usable_bytes,
+        )
         band = rows // groups
         return {
             "kernel": "gemm",

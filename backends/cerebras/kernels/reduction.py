@@ -18,10 +18,10 @@ import torch
 from cgc.backends.cerebras.kernels.base import (
     Cost,
     Kernel,
+    band_count,
     ceil_div,
     chain_reduce_cycles,
     elem_bytes,
-    pick_tiling,
     row_layout,
     words,
 )
@@ -154,17 +154,11 @@ class TokenReduction(Kernel):
 
     def _tile(self, rows: int, cols: int) -> dict[str, Any]:
         """The band count that fits in SRAM with the fewest cycles."""
-        fitting, spilling = [], []
-        groups = 1
-        while groups <= min(rows, self.slabs):
-            compute, fabric, reduce, sram = self._evaluate(rows, cols, groups)
-            option = (sram, groups, groups)
-            if sram <= self.machine.sram_usable_bytes:
-                fitting.append((max(compute, fabric) + reduce, *option))
-            else:
-                spilling.append(option)
-            groups *= 2
-        groups = pick_tiling(fitting, spilling)
+        groups = band_count(
+            min(rows, self.slabs),
+            lambda g: self._evaluate(rows, cols, g),
+            self.machine.sram_usable_bytes,
+        )
         band = rows // groups
         return {
             "kernel": "token_reduction",
