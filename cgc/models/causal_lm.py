@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,13 +31,13 @@ class CausalLM(nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
-def model_type(folder: Path) -> str | None:
-    """The model_type a checkpoint's config.json names (None when it names none)."""
+def read_config(folder: Path) -> dict[str, Any]:
+    """A checkpoint's config.json, read once for the loader it picks and the loader itself."""
     file = folder / "config.json"
     if not file.is_file():
         raise ModelError(f"{file}: missing; a Hugging Face checkpoint folder needs its config.json")
     try:
-        return json.loads(file.read_text()).get("model_type")
+        return json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(
             f"{file}: not valid JSON ({err}); restore the checkpoint's config.json"

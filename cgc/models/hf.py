@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cgc.errors import ModelError
-from cgc.models.causal_lm import load_causal_lm, model_type
+from cgc.models.causal_lm import load_causal_lm, read_config
 from cgc.models.config import GPTConfig
 from cgc.models.gpt import GPT
 
@@ -42,10 +42,10 @@ def load_hf_checkpoint(path: str | Path) -> torch.nn.Module:
             f"{folder}: no such folder; pass a Hugging Face checkpoint folder"
             " containing config.json and model.safetensors"
         )
-    kind = model_type(folder)
-    if kind != "gpt2":
-        return load_causal_lm(folder, kind)
-    config = _read_config(folder / "config.json")
+    raw = read_config(folder)
+    if raw.get("model_type") != "gpt2":
+        return load_causal_lm(folder, raw.get("model_type"))
+    config = _gpt_config(raw, folder / "config.json")
     tensors = _read_tensors(folder)
     model = GPT(config, device="meta")
     model.load_state_dict(_to_state_dict(tensors, model, folder), assign=True)
@@ -53,16 +53,8 @@ def load_hf_checkpoint(path: str | Path) -> torch.nn.Module:
     return model.eval()
 
 
-def _read_config(file: Path) -> GPTConfig:
+def _gpt_config(raw: dict[str, Any], file: Path) -> GPTConfig:
     """Map GPT2Config fields to GPTConfig, refusing variants the GPT module does not compute."""
-    if not file.is_file():
-        raise ModelError(f"{file}: missing; a Hugging Face checkpoint folder needs its config.json")
-    try:
-        raw: dict[str, Any] = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(
-            f"{file}: not valid JSON ({err}); restore the checkpoint's config.json"
-        ) from err
     # GPT2Config defaults to the tanh approximation ("gelu_new"); ours is the exact erf GELU.
     activation = raw.get("activation_function", "gelu_new")
     if activation != "gelu":
