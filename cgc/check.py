@@ -19,7 +19,7 @@ from cgc import driver
 from cgc.debug.node_compare import compare_graphs
 from cgc.debug.numerics import compare_all
 from cgc.debug.report import CheckReport, Tolerance
-from cgc.errors import CgcError, InputError, ModelError
+from cgc.errors import CgcError, InputError, ModelError, first_line
 from cgc.ir import Graph, interpret
 
 INTERPRETER = "interpreter"
@@ -47,8 +47,9 @@ def run_eager(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> object
     except CgcError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ModelError(f"the model fails in eager PyTorch: {type(e).__name__}: {first}") from None
+        raise ModelError(
+            f"the model fails in eager PyTorch: {type(e).__name__}: {first_line(e)}"
+        ) from None
 
 
 def eager_outputs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
@@ -207,8 +208,8 @@ def _onnx_reference(spec, input_shapes, seed, progress) -> Reference:
     except CgcError:
         raise
     except Exception as e:  # ORT refuses some files cgc can read; say so in one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{spec}: ONNX Runtime cannot run the original file: {first}") from None
+        message = first_line(e)
+        raise ModelError(f"{spec}: ONNX Runtime cannot run the original file: {message}") from None
     weights = f"from {Path(spec).name}"
     return Reference(
         Path(spec).stem, graph, tuple(inputs), weights, "ONNX Runtime on the original file", ref

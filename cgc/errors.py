@@ -19,3 +19,10 @@ class UnsupportedOpError(CgcError):
 
 class IRError(CgcError):
     """Textual IR cannot be parsed, or a graph fails verification."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error from a library (torch, ONNX Runtime, transformers), or its
+    type when it says nothing: what a one-line message quotes."""
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__

@@ -23,7 +23,7 @@ from torch.export.graph_signature import InputKind, InputSpec, OutputKind, Outpu
 from torch.fx import Node as FxNode
 from torch.fx.node import map_arg
 
-from cgc.errors import CgcError, IRError, ModelError, UnsupportedOpError
+from cgc.errors import CgcError, IRError, ModelError, UnsupportedOpError, first_line
 from cgc.frontends.aten import CONVERTERS
 from cgc.ir import Graph, TensorType, Value
 from cgc.ir.types import DTYPE_NAMES, FLOAT_DTYPES, TORCH_DTYPES
@@ -135,9 +135,7 @@ def _export(module: torch.nn.Module, example_inputs: tuple) -> ExportedProgram:
     except CgcError:
         raise
     except Exception as e:  # torch raises many types; the user needs the first line only
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        first = lines[0] if lines else type(e).__name__
-        raise ModelError(f"torch.export failed: {first}") from None
+        raise ModelError(f"torch.export failed: {first_line(e)}") from None
 
 
 def _needs_decomposition(program: ExportedProgram) -> bool:

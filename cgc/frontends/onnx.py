@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, external_data_helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from cgc.errors import InputError, IRError, ModelError, UnsupportedOpError
+from cgc.errors import InputError, IRError, ModelError, UnsupportedOpError, first_line
 from cgc.frontends.onnx_ops import (
     CONVERTERS,
     NUMPY_DTYPES,
@@ -125,10 +125,6 @@ def ir_value_name(onnx_name: str) -> str:
 
 
 # -- reading and checking the file ----------------------------------------------------------------
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _read(path: Path) -> onnx.ModelProto:
@@ -302,7 +298,7 @@ def _infer_types(model: onnx.ModelProto, path: Path) -> dict[str, TensorType]:
             light_model, check_type=True, strict_mode=True, data_prop=True
         )
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
-        raise ModelError(f"{path}: ONNX shape inference failed: {_first_line(e)}") from None
+        raise ModelError(f"{path}: ONNX shape inference failed: {first_line(e)}") from None
     out = {}
     graph = inferred.graph
     for info in (*graph.input, *graph.value_info, *graph.output):
@@ -536,7 +532,7 @@ class _Importer:
         except Exception as e:  # the reference evaluator raises whatever numpy raises
             raise ModelError(
                 f"{self.path}: cannot evaluate constant node '{name}' ({node.op_type}):"
-                f" {_first_line(e)}"
+                f" {first_line(e)}"
             ) from None
         return [np.asarray(o) for o in outs]
 

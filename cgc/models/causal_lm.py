@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cgc.errors import ModelError
+from cgc.errors import ModelError, first_line
 
 
 class CausalLM(nn.Module):
@@ -57,8 +57,10 @@ def load_causal_lm(folder: Path, kind: str | None) -> CausalLM:
             folder, local_files_only=True, use_safetensors=True, dtype=torch.float32
         )
     except (OSError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"{folder}: transformers cannot load it as a causal LM: {first}") from None
+        message = first_line(err)
+        raise ModelError(
+            f"{folder}: transformers cannot load it as a causal LM: {message}"
+        ) from None
     return CausalLM(model).eval()
 
 

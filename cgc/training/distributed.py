@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from cgc.errors import CgcError
+from cgc.errors import CgcError, first_line
 
 # How long a collective waits for the slowest rank: above a checkpoint write or a validation
 # pass of the largest model cgc trains on CPU (rank 0 does them while the others wait), so that
@@ -108,7 +108,7 @@ def collective(what: str) -> Iterator[None]:
     except (RuntimeError, dist.DistError) as e:
         if "TORCHELASTIC_RUN_ID" in os.environ:
             time.sleep(PEER_GRACE_SECONDS)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", "?")
         raise PeerLost(f"rank {rank}: {what} failed, another worker is gone ({first})") from None
 
